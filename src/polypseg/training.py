@@ -1,0 +1,423 @@
+"""The one training and evaluation loop (Lightning), used by the CLI, the tests and the demo alike.
+
+:func:`train` runs a configuration on a dataset folder and writes a run folder::
+
+    RUN_DIR/config.yaml      the resolved configuration
+    RUN_DIR/splits.json      the train/val/test split (reusable with --splits)
+    RUN_DIR/metrics.csv      one row per epoch: train/val loss, val Dice, lr, time
+    RUN_DIR/best/            weights folder of the best epoch (by ``config.monitor``)
+    RUN_DIR/checkpoints/last.ckpt   resumable Lightning checkpoint (config inside)
+
+:func:`evaluate` scores a model on cached pairs with the same LightningModule's test step.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from polypseg.classes import CLASS_NAMES, NUM_CLASSES, classes_to_mask, mask_to_classes
+from polypseg.config import TrainConfig, save_config
+from polypseg.data import (
+    CachedPairs,
+    TensorPairDataset,
+    build_augmentation,
+    find_pairs,
+    load_pairs,
+    load_splits,
+    make_splits,
+    save_splits,
+)
+from polypseg.io import atomic_write_text
+from polypseg.losses import CombinedLoss, soft_dice_per_class
+from polypseg.metrics import SegmentationMetrics, binary_image_scores, class_counts, ratio
+from polypseg.model import UNet
+from polypseg.weights import save_pretrained
+
+__all__ = [
+    "EvaluationResult",
+    "SegmentationModule",
+    "TrainResult",
+    "cpu_supports_bf16",
+    "evaluate",
+    "resolve_precision",
+    "train",
+]
+
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """Turn ``"auto"`` into the fastest safe precision for the hardware: bf16-mixed where native, else 32."""
+    if precision != "auto":
+        return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}.get(precision, precision)
+    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if use_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
+
+
+class _IndexedPairs(TensorPairDataset):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:  # type: ignore[override]
+        image, mask = super().__getitem__(index)
+        return image, mask, index
+
+
+class SegmentationModule(L.LightningModule):
+    """U-Net + the card's loss + the project's metrics, for training, validation and testing.
+
+    The resolved :class:`TrainConfig` is saved as hyperparameters, so it lives in every checkpoint.
+
+    Args:
+        config: The training configuration (dict form, as stored in checkpoints).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = TrainConfig.from_dict(config)
+        self.model = UNet(3, NUM_CLASSES, self.config.base_channels, self.config.head_kernel_size)
+        self.loss = CombinedLoss(self.config.ce_weight, self.config.dice_weight)
+        self.augmentation = build_augmentation() if self.config.augment else None
+        self.val_metrics = SegmentationMetrics()
+        self.test_metrics = SegmentationMetrics()
+        self.test_rows: list[dict[str, Any]] = []
+        self.test_names: list[str] = []
+        self._loss_sum = 0.0
+        self._loss_images = 0
+        self._channels_last()
+
+    def _channels_last(self) -> None:
+        if self.config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 3, H, W) of images (B, 3, H, W) in [0, 1]."""
+        return self.model(images)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 images/masks -> float images in [0, 1] (augmented when training) and class targets."""
+        images, masks, index = batch
+        images = images.float() / 255.0
+        masks = masks.bool()
+        if self.augmentation is not None and self.trainer is not None and self.trainer.training:
+            images, augmented = self.augmentation(images, masks[:, None].float())
+            images, masks = images.clamp(0.0, 1.0), augmented[:, 0] > 0.5
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = mask_to_classes(masks, self.config.boundary_width_px).long()
+        return images, targets, index
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, targets, _ = batch
+        logits = self(images)
+        loss = self.loss(logits, targets)
+        dice = soft_dice_per_class(logits.detach(), targets).mean()
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
+        self.log("dice", dice, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images, targets, _ = batch
+        logits = self(images)
+        self.log("val_loss", self.loss(logits, targets), prog_bar=True, on_epoch=True, batch_size=len(images),
+                 sync_dist=True)
+        self.val_metrics.update(logits.argmax(1), targets)
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log("val_dice", scores["mean_dice"], prog_bar=True)
+        self.log("val_polyp_dice", scores["polyp_dice"], prog_bar=True)
+        for name in CLASS_NAMES:
+            self.log(f"val_dice_{name}", scores[f"dice_{name}"])
+
+    def on_test_epoch_start(self) -> None:
+        self.test_rows, self._loss_sum, self._loss_images = [], 0.0, 0
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        images, targets, index = batch
+        logits = self(images)
+        loss = self.loss(logits, targets)
+        self._loss_sum += float(loss) * len(images)
+        self._loss_images += len(images)
+        pred = logits.argmax(1)
+        self.test_metrics.update(pred, targets)
+        scores = binary_image_scores(classes_to_mask(pred), classes_to_mask(targets))
+        for row, i in enumerate(index.tolist()):
+            counts = class_counts(pred[row], targets[row], NUM_CLASSES)
+            tp, fp, fn = counts.unbind(1)
+            class_dice = ratio(2 * tp, 2 * tp + fp + fn, (fp == 0) & (fn == 0))
+            self.test_rows.append(
+                {
+                    "name": self.test_names[i] if i < len(self.test_names) else str(i),
+                    **{f"polyp_{k}": float(scores[k][row]) for k in ("dice", "iou", "precision", "recall")},
+                    **{f"dice_{n}": float(class_dice[c]) for c, n in enumerate(CLASS_NAMES)},
+                    "polyp_pixels_true": int(classes_to_mask(targets[row]).sum()),
+                    "polyp_pixels_pred": int(classes_to_mask(pred[row]).sum()),
+                }
+            )
+
+    def configure_optimizers(self) -> Any:
+        config = self.config
+        optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience,
+                min_lr=config.min_lr,
+            )
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"}}
+        warmup, total = config.warmup_epochs, max(config.epochs, 1)
+        floor = config.min_lr / config.lr
+
+        def factor(epoch: int) -> float:
+            if epoch < warmup:
+                return (epoch + 1) / (warmup + 1)
+            progress = (epoch - warmup) / max(total - warmup, 1)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class BestWeightsExporter(Callback):
+    """Write ``best/`` (safetensors + config.json) whenever the monitored validation metric improves."""
+
+    def __init__(self, folder: Path, monitor: str, metadata: dict[str, Any]) -> None:
+        self.folder, self.monitor, self.metadata = folder, monitor, metadata
+        self.best: float | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        current = float(value)
+        if self.best is not None and not current > self.best:
+            return
+        self.best = current
+        metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        save_pretrained(
+            pl_module.model,
+            self.folder,
+            metadata={**self.metadata, "training": {**self.metadata.get("training", {}),
+                                                    "epoch": trainer.current_epoch, "val_metrics": metrics}},
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best")
+
+
+class EpochCSVLogger(Callback):
+    """One row per epoch in ``metrics.csv`` (rewritten atomically; rows of later epochs dropped on resume)."""
+
+    COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_polyp_dice",
+               *(f"val_dice_{n}" for n in CLASS_NAMES), "lr", "seconds")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        row: dict[str, Any] = {"epoch": trainer.current_epoch}
+        for column in self.COLUMNS[1:-2]:
+            key = "train_loss_epoch" if column == "train_loss" else column
+            row[column] = f"{float(metrics[key]):.6f}" if key in metrics else ""
+        row["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}"
+        row["seconds"] = f"{time.perf_counter() - self._start:.1f}"
+        rows = []
+        if self.path.exists():
+            with self.path.open(newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < trainer.current_epoch]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.COLUMNS)
+        writer.writeheader()
+        writer.writerows([*rows, row])
+        atomic_write_text(self.path, buffer.getvalue())
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    run_dir: Path
+    best_dir: Path
+    best_score: float | None
+    epochs_run: int
+
+
+def _quiet_lightning() -> None:
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*number of training batches.*smaller than the logging interval.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def _trainer(config: TrainConfig, run_dir: Path | None, callbacks: list[Callback], **kwargs: Any) -> L.Trainer:
+    _quiet_lightning()
+    return L.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=resolve_precision(config.precision, config.accelerator),  # type: ignore[arg-type]
+        deterministic=config.deterministic,
+        default_root_dir=run_dir,
+        callbacks=callbacks,
+        logger=False,
+        log_every_n_steps=config.log_every_n_steps,
+        **kwargs,
+    )
+
+
+def _loader(pairs: CachedPairs, config: TrainConfig, shuffle: bool) -> DataLoader:
+    generator = torch.Generator().manual_seed(config.seed)
+    return DataLoader(
+        _IndexedPairs(pairs),
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        drop_last=False,
+        num_workers=config.num_workers,
+        generator=generator if shuffle else None,
+    )
+
+
+def train(
+    config: TrainConfig,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    splits_file: str | Path | None = None,
+    max_steps: int = -1,
+) -> TrainResult:
+    """Train a U-Net on a Kvasir-SEG style folder and write the run folder.
+
+    Args:
+        config: The run's configuration (``configs/seed.yaml`` is the card's).
+        data_dir: Folder with ``images/`` and ``masks/``.
+        run_dir: Output folder. Must be new or empty unless ``resume``.
+        resume: Continue from ``RUN_DIR/checkpoints/last.ckpt`` with the run's saved config and split.
+        splits_file: Use this ``splits.json`` instead of a fresh seeded split.
+        max_steps: Stop after this many optimizer steps (-1: run all epochs); for tests and smoke runs.
+
+    Returns:
+        Where the best weights are and their validation score.
+    """
+    from polypseg.config import load_config
+
+    run_dir = Path(run_dir)
+    last = run_dir / LAST_CHECKPOINT
+    if resume:
+        if not last.exists():
+            raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+        saved = load_config(run_dir / "config.yaml")
+        # Only the length of the run may change on resume; everything else is the run's own.
+        config = saved.updated(epochs=config.epochs if config.epochs != saved.epochs else None)
+        splits_file = run_dir / "splits.json"
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir}: run folder is not empty (use --resume to continue it, or a new --out)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+
+    samples = find_pairs(data_dir)
+    if config.max_images is not None:
+        samples = samples[: config.max_images]
+    if splits_file is not None:
+        splits = load_splits(splits_file)
+    else:
+        splits = make_splits([s.name for s in samples], config.split_sizes, config.seed)
+    wanted = set(splits["train"]) | set(splits["val"])
+    pairs = load_pairs([s for s in samples if s.name in wanted], config.image_size)
+    if not splits["train"] or not splits["val"]:
+        raise ValueError("the split has no training or no validation images")
+    save_config(config, run_dir / "config.yaml")
+    save_splits(splits, run_dir / "splits.json")
+
+    metadata = {
+        "boundary_width_px": config.boundary_width_px,
+        "input_size": [config.image_size, config.image_size],
+        "training": {"config": config.to_dict(), "data_dir": str(data_dir),
+                     "train_images": len(splits["train"]), "val_images": len(splits["val"])},
+    }
+    exporter = BestWeightsExporter(run_dir / "best", config.monitor, metadata)
+    callbacks: list[Callback] = [
+        exporter,
+        EpochCSVLogger(run_dir / "metrics.csv"),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+    ]
+    trainer = _trainer(config, run_dir, callbacks, max_epochs=config.epochs, max_steps=max_steps,
+                       num_sanity_val_steps=0)
+    module = SegmentationModule(config.to_dict())
+    trainer.fit(
+        module,
+        train_dataloaders=_loader(pairs.subset(splits["train"]), config, shuffle=True),
+        val_dataloaders=_loader(pairs.subset(splits["val"]), config, shuffle=False),
+        ckpt_path=str(last) if resume else None,
+    )
+    return TrainResult(run_dir, run_dir / "best", exporter.best, trainer.current_epoch)
+
+
+@dataclass
+class EvaluationResult:
+    """Scores of :func:`evaluate`: dataset-level ``metrics`` and one ``rows`` entry per image."""
+
+    metrics: dict[str, float]
+    rows: list[dict[str, Any]]
+
+
+def evaluate(
+    model: UNet,
+    pairs: CachedPairs,
+    batch_size: int = 8,
+    boundary_width_px: int = 3,
+    precision: str = "32",
+    accelerator: str = "auto",
+) -> EvaluationResult:
+    """Score ``model`` on cached pairs with the training loop's test step (loss and every metric).
+
+    The loss is averaged over images (each batch's loss weighted by its size); see
+    :mod:`polypseg.metrics` for the Dice/IoU conventions.
+    """
+    config = TrainConfig(base_channels=model.base_channels, head_kernel_size=model.head_kernel_size,
+                         batch_size=batch_size, boundary_width_px=boundary_width_px, precision=precision,
+                         accelerator=accelerator, devices=1)
+    module = SegmentationModule(config.to_dict())
+    module.model.load_state_dict(model.state_dict())
+    module._channels_last()
+    module.test_names = list(pairs.names)
+    trainer = _trainer(config, None, [], enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(module, dataloaders=_loader(pairs, config, shuffle=False), verbose=False)
+    scores = {key: float(value) for key, value in module.test_metrics.compute().items()}
+    scores["loss"] = module._loss_sum / max(module._loss_images, 1)
+    return EvaluationResult(scores, module.test_rows)

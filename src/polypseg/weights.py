@@ -1,0 +1,344 @@
+"""Weights on disk: ``model.safetensors`` + ``config.json`` in one folder, and loading them back.
+
+* :func:`save_pretrained` writes our layout (atomically, file by file).
+* :func:`load_pretrained` rebuilds a :class:`~polypseg.model.UNet` from such a folder, from a bare
+  ``.safetensors`` file, from the bundled model (no argument), or from a checkpoint of the same
+  architecture written by someone else with other tensor names (matched by structure, see
+  :func:`map_foreign_state_dict`). Only safetensors are read: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from polypseg.classes import CLASS_NAMES, DEFAULT_BOUNDARY_WIDTH_PX
+from polypseg.io import atomic_save, atomic_write_text
+from polypseg.model import UNet
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "WeightsError",
+    "bundled_weights_dir",
+    "load_pretrained",
+    "map_foreign_state_dict",
+    "read_model_config",
+    "resolve_weights",
+    "save_pretrained",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+ARCHITECTURE_KEYS = ("in_channels", "num_classes", "base_channels", "head_kernel_size")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be loaded; the message names the file and the first tensor that does not fit."""
+
+
+def bundled_weights_dir() -> Path:
+    """Folder of the model that ships with polypseg (a small U-Net trained on Kvasir-SEG)."""
+    return Path(str(resources.files("polypseg") / "assets" / "model"))
+
+
+def save_pretrained(
+    model: UNet,
+    folder: str | Path,
+    metadata: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder``.
+
+    Args:
+        model: The model to save.
+        folder: Output folder (created).
+        metadata: Extra entries for ``config.json`` (training config, metrics, ...).
+        dtype: Floating dtype to store (float16 halves the size; loading converts back to float32).
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        key: (value.to(dtype) if value.is_floating_point() else value).detach().cpu().contiguous()
+        for key, value in model.state_dict().items()
+    }
+    config: dict[str, Any] = {
+        "architecture": "UNet",
+        **model.config,
+        "class_names": list(CLASS_NAMES),
+        "boundary_width_px": DEFAULT_BOUNDARY_WIDTH_PX,
+        "input_size": [256, 256],
+        "input_range": [0.0, 1.0],
+        "format": "polypseg",
+    }
+    config.update(metadata or {})
+    atomic_save(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, default=str) + "\n")
+    return folder
+
+
+def resolve_weights(path: str | Path | None) -> Path:
+    """Turn a user's ``--weights`` into a weights folder or file.
+
+    ``None`` is the bundled model; a training run folder resolves to its ``best/``.
+    """
+    if path is None:
+        return bundled_weights_dir()
+    path = Path(path)
+    if path.is_dir() and not (path / WEIGHTS_NAME).exists() and (path / "best" / WEIGHTS_NAME).exists():
+        return path / "best"
+    return path
+
+
+def read_model_config(path: str | Path | None = None) -> dict[str, Any]:
+    """The ``config.json`` beside the weights (empty dict if there is none)."""
+    path = resolve_weights(path)
+    config_path = path / CONFIG_NAME if path.is_dir() else path.parent / CONFIG_NAME
+    if not config_path.exists():
+        return {}
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise WeightsError(f"{config_path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{config_path}: must hold a JSON object")
+    for key in ARCHITECTURE_KEYS:
+        if key in config and (not isinstance(config[key], int) or config[key] < 1):
+            raise WeightsError(f"{config_path}: '{key}' must be a positive integer, got {config[key]!r}")
+    return config
+
+
+def load_pretrained(path: str | Path | None = None, map_location: str | torch.device = "cpu") -> UNet:
+    """Rebuild a U-Net with its weights, in eval mode.
+
+    Args:
+        path: A weights folder (``model.safetensors`` + ``config.json``), a ``.safetensors`` file, a
+            training run folder (its ``best/``), or ``None`` for the bundled model.
+        map_location: Device to load onto.
+
+    Raises:
+        WeightsError: The file is missing, is not safetensors, or its tensors do not fit a U-Net.
+
+    Example:
+        >>> model = load_pretrained()  # the bundled model
+        >>> model.num_classes
+        3
+    """
+    path = resolve_weights(path)
+    weights_path = path / WEIGHTS_NAME if path.is_dir() else path
+    if not weights_path.exists():
+        raise WeightsError(f"{weights_path}: weights file not found")
+    try:
+        tensors = load_file(str(weights_path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{weights_path}: not a readable safetensors file ({error})") from None
+    config = read_model_config(path)
+    architecture = {key: config[key] for key in ARCHITECTURE_KEYS if key in config}
+    if not architecture or not _is_native(tensors):
+        architecture, tensors = map_foreign_state_dict(tensors, source=weights_path)
+    model = UNet(**architecture)
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in tensors:
+            raise WeightsError(f"{weights_path}: tensor '{key}' is missing")
+        if tensors[key].shape != value.shape:
+            raise WeightsError(
+                f"{weights_path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, "
+                f"the model needs {tuple(value.shape)}"
+            )
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise WeightsError(f"{weights_path}: tensor '{extra[0]}' does not belong to the model")
+    model.load_state_dict({key: value.to(expected[key].dtype) for key, value in tensors.items()})
+    return model.to(map_location).eval()
+
+
+def _is_native(tensors: dict[str, torch.Tensor]) -> bool:
+    return "classifier.weight" in tensors and "encoder.0.0.weight" in tensors
+
+
+# --------------------------------------------------------------------------------------------------
+# Foreign checkpoints: same architecture, other tensor names.
+
+
+@dataclass
+class _Module:
+    prefix: str
+    tensors: dict[str, tuple[str, torch.Tensor]]  # leaf name -> (full name, tensor)
+
+    def get(self, leaf: str) -> torch.Tensor | None:
+        item = self.tensors.get(leaf)
+        return None if item is None else item[1]
+
+    @property
+    def kind(self) -> str:
+        weight = self.get("weight")
+        if "running_mean" in self.tensors:
+            return "bn"
+        if weight is not None and weight.dim() == 4:
+            return "conv" if weight.shape[2] == weight.shape[3] and weight.shape[2] != 2 else "maybe_up"
+        return "other"
+
+    def first_name(self) -> str:
+        return min(name for name, _ in self.tensors.values())
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    prefix, _, leaf = name.rpartition(".")
+    return prefix, leaf
+
+
+def map_foreign_state_dict(
+    tensors: dict[str, torch.Tensor], source: str | Path = "weights"
+) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
+    """Map a same-architecture checkpoint with other tensor names onto our names, by structure.
+
+    Tensors are grouped by module (name minus the last component). Convolutions are recognised by their
+    shapes: a 3x3 block whose first conv maps ``3 -> c`` is encoder stage 0 (which gives the base width
+    ``c``), ``c/2 -> c`` an encoder stage, ``8c -> 16c`` the bottleneck, ``2c -> c`` a decoder stage;
+    a (2c, c, 2, 2) kernel is a transposed-conv upsampler; ``c -> c/2`` with a BatchNorm is the reduction
+    head; a 1x1 conv from ``c/2`` the classifier. Inside a block, convolutions and BatchNorms are paired
+    in natural name order (conv i with BatchNorm i). A bias on a convolution followed by BatchNorm is
+    folded into the BatchNorm's running mean, which gives exactly the same outputs.
+
+    Returns:
+        The architecture arguments and a state dict with our names.
+
+    Raises:
+        WeightsError: Naming the first tensor that does not fit.
+    """
+    modules: dict[str, _Module] = {}
+    for name in sorted(tensors, key=_natural_key):
+        prefix, leaf = _split_name(name)
+        modules.setdefault(prefix, _Module(prefix, {})).tensors[leaf] = (name, tensors[name])
+
+    # Group convs and BNs by their parent (the block); upsamplers and 1x1 convs stand alone.
+    blocks: dict[str, dict[str, list[_Module]]] = defaultdict(lambda: {"conv": [], "bn": []})
+    upsamplers: list[_Module] = []
+    pointwise: list[_Module] = []
+    for module in modules.values():
+        kind = module.kind
+        parent = _split_name(module.prefix)[0]
+        weight = module.get("weight")
+        if kind == "bn":
+            blocks[parent]["bn"].append(module)
+        elif kind == "conv" and weight is not None and weight.shape[2] == 1 and not _has_bn_sibling(module, modules):
+            pointwise.append(module)
+        elif kind == "conv":
+            blocks[parent]["conv"].append(module)
+        elif kind == "maybe_up":
+            upsamplers.append(module)
+        else:
+            raise WeightsError(f"{source}: tensor '{module.first_name()}' is not part of a U-Net")
+
+    entry = [b for b in blocks.values() if b["conv"] and _conv_io(b["conv"][0])[0] != _conv_io(b["conv"][0])[1]]
+    first_convs = [_conv_io(b["conv"][0]) for b in blocks.values() if b["conv"]]
+    in_candidates = [(cin, cout) for cin, cout in first_convs if cin <= 4]
+    if not entry or len(in_candidates) != 1:
+        raise WeightsError(f"{source}: cannot find the first encoder convolution (3 -> base channels)")
+    in_channels, base = in_candidates[0]
+    widths = [base * 2**i for i in range(4)]
+    roles: dict[tuple[int, int], str] = {(in_channels, base): "encoder.0"}
+    for i in range(1, 4):
+        roles[(widths[i - 1], widths[i])] = f"encoder.{i}"
+    roles[(widths[3], widths[3] * 2)] = "bottleneck"
+    for j, width in enumerate(reversed(widths)):
+        roles[(width * 2, width)] = f"decoder.{j}"
+    roles[(base, base // 2)] = "head"
+
+    state: dict[str, torch.Tensor] = {}
+    head_kernel = 3
+    for block in sorted(blocks.values(), key=lambda b: _natural_key(b["conv"][0].prefix if b["conv"] else "")):
+        convs = sorted(block["conv"], key=lambda m: _natural_key(m.prefix))
+        bns = sorted(block["bn"], key=lambda m: _natural_key(m.prefix))
+        if not convs:
+            raise WeightsError(f"{source}: tensor '{bns[0].first_name()}' is a BatchNorm without a convolution")
+        role = roles.get(_conv_io(convs[0]))
+        expected_convs = 1 if role == "head" else 2
+        if role is None or len(convs) != expected_convs or len(bns) != expected_convs:
+            raise WeightsError(f"{source}: tensor '{convs[0].first_name()}' does not fit any block of the U-Net")
+        if role == "head":
+            head_kernel = int(convs[0].get("weight").shape[-1])  # type: ignore[union-attr]
+        for index, (conv, bn) in enumerate(zip(convs, bns, strict=True)):
+            conv_name = f"{role}.{3 * index}" if role != "head" else "head.0"
+            bn_name = f"{role}.{3 * index + 1}" if role != "head" else "head.1"
+            _put_conv_bn(state, conv, bn, conv_name, bn_name, source)
+
+    upsamplers.sort(key=lambda m: -m.get("weight").shape[0])  # type: ignore[union-attr]
+    if len(upsamplers) != 4:
+        name = upsamplers[4].first_name() if len(upsamplers) > 4 else "(none)"
+        raise WeightsError(f"{source}: expected 4 transposed-conv upsamplers, found {len(upsamplers)} ({name})")
+    for j, (module, width) in enumerate(zip(upsamplers, reversed(widths), strict=True)):
+        weight, bias = module.get("weight"), module.get("bias")
+        if weight.shape != (width * 2, width, 2, 2) or bias is None:  # type: ignore[union-attr]
+            raise WeightsError(f"{source}: tensor '{module.first_name()}' does not fit upsampler {j}")
+        state[f"upsample.{j}.weight"], state[f"upsample.{j}.bias"] = weight, bias  # type: ignore[assignment]
+    if len(pointwise) != 1:
+        raise WeightsError(f"{source}: expected one 1x1 classifier convolution, found {len(pointwise)}")
+    classifier = pointwise[0]
+    weight, bias = classifier.get("weight"), classifier.get("bias")
+    if weight.shape[1] != base // 2 or bias is None:  # type: ignore[union-attr]
+        raise WeightsError(f"{source}: tensor '{classifier.first_name()}' does not fit the classifier")
+    state["classifier.weight"], state["classifier.bias"] = weight, bias  # type: ignore[assignment]
+    architecture = {
+        "in_channels": in_channels,
+        "num_classes": int(weight.shape[0]),  # type: ignore[union-attr]
+        "base_channels": base,
+        "head_kernel_size": head_kernel,
+    }
+    return architecture, state
+
+
+def _conv_io(module: _Module) -> tuple[int, int]:
+    weight = module.get("weight")
+    assert weight is not None
+    return int(weight.shape[1]), int(weight.shape[0])
+
+
+def _has_bn_sibling(module: _Module, modules: dict[str, _Module]) -> bool:
+    """Whether a BatchNorm of the conv's output width sits beside it (the conv is then not the classifier)."""
+    parent, out_channels = _split_name(module.prefix)[0], _conv_io(module)[1]
+    return any(
+        m.kind == "bn" and _split_name(m.prefix)[0] == parent and m.get("running_mean").shape[0] == out_channels  # type: ignore[union-attr]
+        for m in modules.values()
+    )
+
+
+def _put_conv_bn(
+    state: dict[str, torch.Tensor], conv: _Module, bn: _Module, conv_name: str, bn_name: str, source: str | Path
+) -> None:
+    weight = conv.get("weight")
+    assert weight is not None
+    out_channels = weight.shape[0]
+    bn_tensors = {leaf: bn.get(leaf) for leaf in ("weight", "bias", "running_mean", "running_var")}
+    for leaf, value in bn_tensors.items():
+        if value is None or value.shape != (out_channels,):
+            raise WeightsError(f"{source}: tensor '{bn.prefix}.{leaf}' does not fit after '{conv.prefix}.weight'")
+    running_mean = bn_tensors["running_mean"]
+    conv_bias = conv.get("bias")
+    if conv_bias is not None:
+        # BN(x + b) with mean m equals BN(x) with mean m - b, in training and in eval mode.
+        running_mean = running_mean - conv_bias.to(running_mean.dtype)  # type: ignore[operator]
+    state[f"{conv_name}.weight"] = weight
+    state[f"{bn_name}.weight"] = bn_tensors["weight"]  # type: ignore[assignment]
+    state[f"{bn_name}.bias"] = bn_tensors["bias"]  # type: ignore[assignment]
+    state[f"{bn_name}.running_mean"] = running_mean  # type: ignore[assignment]
+    state[f"{bn_name}.running_var"] = bn_tensors["running_var"]  # type: ignore[assignment]
+    tracked = bn.get("num_batches_tracked")
+    state[f"{bn_name}.num_batches_tracked"] = tracked if tracked is not None else torch.tensor(0)
