@@ -54,9 +54,7 @@ def binarize_mask(mask: ArrayOrTensor, threshold: int = MASK_THRESHOLD) -> Array
     return mask >= threshold
 
 
-def mask_to_classes(
-    mask: ArrayOrTensor, boundary_width_px: int = DEFAULT_BOUNDARY_WIDTH_PX
-) -> ArrayOrTensor:
+def mask_to_classes(mask: ArrayOrTensor, boundary_width_px: int = DEFAULT_BOUNDARY_WIDTH_PX) -> ArrayOrTensor:
     """Turn a binary polyp mask into a class map (0 background, 1 polyp, 2 boundary).
 
     Args:

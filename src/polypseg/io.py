@@ -79,8 +79,10 @@ def read_mask(path: str | Path) -> np.ndarray:
     image = _open(path)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        return np.where(values > 0, 255, 0).astype(np.uint8) if values.max(initial=0) <= 1 else (
-            np.clip(values / max(values.max(), 1) * 255, 0, 255).astype(np.uint8)
+        return (
+            np.where(values > 0, 255, 0).astype(np.uint8)
+            if values.max(initial=0) <= 1
+            else (np.clip(values / max(values.max(), 1) * 255, 0, 255).astype(np.uint8))
         )
     if image.mode == "1":
         return np.asarray(image, dtype=np.uint8) * 255

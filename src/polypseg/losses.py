@@ -12,9 +12,7 @@ from torch import nn
 __all__ = ["CombinedLoss", "combined_loss", "soft_dice_loss", "soft_dice_per_class"]
 
 
-def soft_dice_per_class(
-    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0
-) -> torch.Tensor:
+def soft_dice_per_class(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """Soft Dice of softmax probabilities against one-hot targets, one value per class.
 
     Sums run over the whole batch and all pixels (the batch is one volume per class). ``smooth`` is

@@ -116,8 +116,6 @@ class SegmentationMetrics(Metric):
         result["polyp_iou_dataset"] = ratio(btp, btp + bfp + bfn, bperfect)
         result["polyp_precision_dataset"] = ratio(btp, btp + bfp, bperfect)
         result["polyp_recall_dataset"] = ratio(btp, btp + bfn, bperfect)
-        images = getattr(self, "image_dice")
-        result["images"] = torch.tensor(
-            sum(v.numel() for v in images) if isinstance(images, list) else images.numel()
-        )
+        images = self.image_dice
+        result["images"] = torch.tensor(sum(v.numel() for v in images) if isinstance(images, list) else images.numel())
         return {key: value.float() for key, value in result.items()}

@@ -119,9 +119,7 @@ class UNet(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError that names a working size if ``x`` does not fit the network."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         height, width = x.shape[-2:]
         if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
             raise ValueError(

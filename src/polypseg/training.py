@@ -40,6 +40,7 @@ from polypseg.data import (
     make_splits,
     save_splits,
 )
+from polypseg.hardware import resolve_precision
 from polypseg.io import atomic_write_text
 from polypseg.losses import CombinedLoss, soft_dice_per_class
 from polypseg.metrics import SegmentationMetrics, binary_image_scores, class_counts, ratio
@@ -50,32 +51,11 @@ __all__ = [
     "EvaluationResult",
     "SegmentationModule",
     "TrainResult",
-    "cpu_supports_bf16",
     "evaluate",
-    "resolve_precision",
     "train",
 ]
 
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """Turn ``"auto"`` into the fastest safe precision for the hardware: bf16-mixed where native, else 32."""
-    if precision != "auto":
-        return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}.get(precision, precision)
-    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if use_gpu:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
 
 
 class _IndexedPairs(TensorPairDataset):
@@ -141,8 +121,9 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, targets, _ = batch
         logits = self(images)
-        self.log("val_loss", self.loss(logits, targets), prog_bar=True, on_epoch=True, batch_size=len(images),
-                 sync_dist=True)
+        self.log(
+            "val_loss", self.loss(logits, targets), prog_bar=True, on_epoch=True, batch_size=len(images), sync_dist=True
+        )
         self.val_metrics.update(logits.argmax(1), targets)
 
     def on_validation_epoch_end(self) -> None:
@@ -184,11 +165,16 @@ class SegmentationModule(L.LightningModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         if config.scheduler == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience,
+                optimizer,
+                mode="min",
+                factor=config.plateau_factor,
+                patience=config.plateau_patience,
                 min_lr=config.min_lr,
             )
-            return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"}}
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"},
+            }
         warmup, total = config.warmup_epochs, max(config.epochs, 1)
         floor = config.min_lr / config.lr
 
@@ -223,8 +209,14 @@ class BestWeightsExporter(Callback):
         save_pretrained(
             pl_module.model,
             self.folder,
-            metadata={**self.metadata, "training": {**self.metadata.get("training", {}),
-                                                    "epoch": trainer.current_epoch, "val_metrics": metrics}},
+            metadata={
+                **self.metadata,
+                "training": {
+                    **self.metadata.get("training", {}),
+                    "epoch": trainer.current_epoch,
+                    "val_metrics": metrics,
+                },
+            },
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -237,8 +229,16 @@ class BestWeightsExporter(Callback):
 class EpochCSVLogger(Callback):
     """One row per epoch in ``metrics.csv`` (rewritten atomically; rows of later epochs dropped on resume)."""
 
-    COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_polyp_dice",
-               *(f"val_dice_{n}" for n in CLASS_NAMES), "lr", "seconds")
+    COLUMNS = (
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_dice",
+        "val_polyp_dice",
+        *(f"val_dice_{n}" for n in CLASS_NAMES),
+        "lr",
+        "seconds",
+    )
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -280,6 +280,7 @@ class TrainResult:
 
 def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", ".*number of training batches.*smaller than the logging interval.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
@@ -367,8 +368,12 @@ def train(
     metadata = {
         "boundary_width_px": config.boundary_width_px,
         "input_size": [config.image_size, config.image_size],
-        "training": {"config": config.to_dict(), "data_dir": str(data_dir),
-                     "train_images": len(splits["train"]), "val_images": len(splits["val"])},
+        "training": {
+            "config": config.to_dict(),
+            "data_dir": str(data_dir),
+            "train_images": len(splits["train"]),
+            "val_images": len(splits["val"]),
+        },
     }
     exporter = BestWeightsExporter(run_dir / "best", config.monitor, metadata)
     callbacks: list[Callback] = [
@@ -376,8 +381,9 @@ def train(
         EpochCSVLogger(run_dir / "metrics.csv"),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
     ]
-    trainer = _trainer(config, run_dir, callbacks, max_epochs=config.epochs, max_steps=max_steps,
-                       num_sanity_val_steps=0)
+    trainer = _trainer(
+        config, run_dir, callbacks, max_epochs=config.epochs, max_steps=max_steps, num_sanity_val_steps=0
+    )
     module = SegmentationModule(config.to_dict())
     trainer.fit(
         module,
@@ -409,9 +415,15 @@ def evaluate(
     The loss is averaged over images (each batch's loss weighted by its size); see
     :mod:`polypseg.metrics` for the Dice/IoU conventions.
     """
-    config = TrainConfig(base_channels=model.base_channels, head_kernel_size=model.head_kernel_size,
-                         batch_size=batch_size, boundary_width_px=boundary_width_px, precision=precision,
-                         accelerator=accelerator, devices=1)
+    config = TrainConfig(
+        base_channels=model.base_channels,
+        head_kernel_size=model.head_kernel_size,
+        batch_size=batch_size,
+        boundary_width_px=boundary_width_px,
+        precision=precision,
+        accelerator=accelerator,
+        devices=1,
+    )
     module = SegmentationModule(config.to_dict())
     module.model.load_state_dict(model.state_dict())
     module._channels_last()

@@ -29,6 +29,7 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "WeightsError",
+    "bundled_examples_dir",
     "bundled_weights_dir",
     "load_pretrained",
     "map_foreign_state_dict",
@@ -49,6 +50,11 @@ class WeightsError(ValueError):
 def bundled_weights_dir() -> Path:
     """Folder of the model that ships with polypseg (a small U-Net trained on Kvasir-SEG)."""
     return Path(str(resources.files("polypseg") / "assets" / "model"))
+
+
+def bundled_examples_dir() -> Path:
+    """Folder of the example images that ship with polypseg (from the Kvasir-SEG test split)."""
+    return Path(str(resources.files("polypseg") / "assets" / "examples"))
 
 
 def save_pretrained(

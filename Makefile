@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv from scratch.
+PYTHON ?= python3
+VENV ?= .venv
+PIP := $(VENV)/bin/pip
+# The CPU build of PyTorch. An unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test lint install dev clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check $(TORCH_PIN)
+	$(PIP) install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/polypseg demo --out demo-output --overwrite
+
+lint: dev
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+test: lint
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-output predictions .pytest_cache .ruff_cache

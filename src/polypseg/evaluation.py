@@ -1,0 +1,136 @@
+"""``polypseg evaluate``: pick the split, score the model with the training loop, write the reports.
+
+Writes ``metrics.json`` (every dataset-level score, the split, the weights) and ``per_image.csv`` (one row
+per image). Scores are computed at the training resolution (images and masks resized as in training);
+see :mod:`polypseg.metrics` for the conventions, including how images with empty masks count.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polypseg.classes import CLASS_NAMES
+from polypseg.data import find_pairs, load_pairs, load_splits, make_splits
+from polypseg.io import atomic_write_text
+from polypseg.training import EvaluationResult, evaluate
+from polypseg.weights import load_pretrained, read_model_config, resolve_weights
+
+__all__ = ["EvaluationReport", "format_table", "resolve_split", "run_evaluation"]
+
+
+@dataclass
+class EvaluationReport:
+    """Result of :func:`run_evaluation`."""
+
+    result: EvaluationResult
+    split: str
+    split_source: str
+    images: int
+
+
+def resolve_split(
+    weights: str | Path | None, data_dir: str | Path, split: str, splits_file: str | Path | None
+) -> tuple[list[str], str]:
+    """Names of the images to score, and where the split came from.
+
+    ``split="all"`` takes every pair in the folder. Otherwise the split comes from ``splits_file``, else
+    from the ``splits.json`` of the run the weights belong to, else it is recomputed from the seed and
+    split sizes recorded in the weights' ``config.json`` (the same deterministic split training made).
+    """
+    names = [sample.name for sample in find_pairs(data_dir)]
+    if split == "all":
+        return names, "all images in the folder"
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"--split must be train, val, test or all, got {split!r}")
+    if splits_file is None:
+        folder = resolve_weights(weights)
+        folder = folder if folder.is_dir() else folder.parent
+        candidate = folder.parent / "splits.json"
+        if candidate.exists():
+            splits_file = candidate
+    if splits_file is not None:
+        return load_splits(splits_file)[split], str(splits_file)
+    training = read_model_config(weights).get("training", {}).get("config", {})
+    sizes, seed, max_images = (
+        training.get("split_sizes", [800, 100, 100]),
+        training.get("seed", 42),
+        training.get("max_images"),
+    )
+    pool = names[:max_images] if max_images else names
+    return make_splits(pool, sizes, seed)[split], f"seeded split (seed {seed}, sizes {sizes})"
+
+
+def run_evaluation(
+    weights: str | Path | None,
+    data_dir: str | Path,
+    out_dir: str | Path | None,
+    split: str = "test",
+    splits_file: str | Path | None = None,
+    batch_size: int = 8,
+    overwrite: bool = False,
+) -> EvaluationReport:
+    """Evaluate weights on a split of a dataset folder and write ``metrics.json`` and ``per_image.csv``."""
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        for name in ("metrics.json", "per_image.csv"):
+            if (out_dir / name).exists() and not overwrite:
+                raise FileExistsError(f"{out_dir / name}: exists; pass --overwrite to replace it")
+    names, source = resolve_split(weights, data_dir, split, splits_file)
+    if not names:
+        raise ValueError(f"split {split!r} is empty")
+    by_name = {sample.name: sample for sample in find_pairs(data_dir)}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ValueError(f"{len(missing)} images of the split are not in {data_dir}, e.g. {missing[0]!r}")
+    model = load_pretrained(weights)
+    config = read_model_config(weights)
+    image_size = int(config.get("input_size", [256, 256])[0])
+    boundary = int(config.get("boundary_width_px", 3))
+    pairs = load_pairs([by_name[name] for name in names], image_size)
+    result = evaluate(model, pairs, batch_size=batch_size, boundary_width_px=boundary)
+    report = EvaluationReport(result, split, source, len(names))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        payload: dict[str, Any] = {
+            "weights": str(resolve_weights(weights)),
+            "data": str(data_dir),
+            "split": split,
+            "split_source": source,
+            "images": len(names),
+            "image_size": image_size,
+            "metrics": {key: round(value, 6) for key, value in result.metrics.items()},
+        }
+        atomic_write_text(out_dir / "metrics.json", json.dumps(payload, indent=2) + "\n")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(result.rows[0]))
+        writer.writeheader()
+        writer.writerows(
+            {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()} for row in result.rows
+        )
+        atomic_write_text(out_dir / "per_image.csv", buffer.getvalue())
+    return report
+
+
+def format_table(report: EvaluationReport) -> str:
+    """A plain-text table of the scores."""
+    m = report.result.metrics
+    lines = [
+        f"split {report.split}: {report.images} images ({report.split_source})",
+        f"{'':28}{'Dice':>8}{'IoU':>8}",
+    ]
+    for name in CLASS_NAMES:
+        lines.append(f"{'class ' + name:28}{m[f'dice_{name}']:8.4f}{m[f'iou_{name}']:8.4f}")
+    lines.append(f"{'3-class mean (card)':28}{m['mean_dice']:8.4f}{m['mean_iou']:8.4f}")
+    lines.append(f"{'polyp, mean per image':28}{m['polyp_dice']:8.4f}{m['polyp_iou']:8.4f}")
+    lines.append(f"{'polyp, dataset-level':28}{m['polyp_dice_dataset']:8.4f}{m['polyp_iou_dataset']:8.4f}")
+    lines.append(
+        f"polyp precision {m['polyp_precision']:.4f} / recall {m['polyp_recall']:.4f} (per image), "
+        f"{m['polyp_precision_dataset']:.4f} / {m['polyp_recall_dataset']:.4f} (dataset-level)"
+    )
+    lines.append(f"loss {m['loss']:.4f}")
+    return "\n".join(lines)

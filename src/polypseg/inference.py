@@ -1,0 +1,379 @@
+"""Prediction: load a model once, segment images at their own resolution, write masks, overlays and a CSV.
+
+:class:`Predictor` separates "load the trained model" from "predict these images". Each image is resized
+to the network's input size exactly as in training (antialiased bilinear), the logits are resized back to
+the image's own size (bilinear) and the class map is their argmax there, so masks follow the original
+resolution rather than a blocky upscaled 256x256 map.
+
+:func:`predict_files` streams files through a predictor: decoding runs ahead in threads, batches go
+through the network, outputs are written atomically, and memory does not grow with the number of files.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+
+from polypseg.classes import BOUNDARY, POLYP, classes_to_mask
+from polypseg.data import resize_image
+from polypseg.hardware import cpu_supports_bf16
+from polypseg.io import IMAGE_SUFFIXES, InputError, atomic_save, atomic_write_text, read_image
+from polypseg.model import UNet
+from polypseg.weights import load_pretrained, read_model_config
+
+__all__ = [
+    "CLASS_PALETTE",
+    "OUTPUT_SUFFIXES",
+    "PolypRegion",
+    "Prediction",
+    "PredictionSummary",
+    "Predictor",
+    "expand_inputs",
+    "overlay",
+    "predict_files",
+    "print_result",
+]
+
+#: Colours of the class-map PNG palette: background black, polyp green, boundary yellow.
+CLASS_PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (0, 200, 0), (255, 220, 0))
+#: The three image outputs written per input.
+OUTPUT_SUFFIXES = ("_classes.png", "_mask.png", "_overlay.png")
+CSV_COLUMNS = ("file", "width", "height", "polyp_area_percent", "polyps", "boxes")
+
+
+@dataclass(frozen=True)
+class PolypRegion:
+    """One connected polyp region: pixel count and box ``(x_min, y_min, x_max, y_max)``, max exclusive."""
+
+    pixels: int
+    box: tuple[int, int, int, int]
+
+
+@dataclass
+class Prediction:
+    """Segmentation of one image at its own resolution.
+
+    Attributes:
+        class_map: (H, W) uint8, 0 background, 1 polyp, 2 boundary.
+        polyps: Connected polyp regions (8-connectivity) of at least the predictor's minimum area,
+            largest first.
+    """
+
+    class_map: np.ndarray
+    polyps: list[PolypRegion] = field(default_factory=list)
+
+    @property
+    def polyp_mask(self) -> np.ndarray:
+        """Boolean (H, W) polyp mask (classes 1 and 2)."""
+        return classes_to_mask(self.class_map)
+
+    @property
+    def polyp_area_percent(self) -> float:
+        """Share of the image covered by the polyp mask, in percent."""
+        return 100.0 * float(self.polyp_mask.mean())
+
+
+def find_polyps(mask: np.ndarray, min_pixels: int = 0) -> list[PolypRegion]:
+    """Connected regions (8-connectivity) of a boolean mask with at least ``min_pixels`` pixels, largest first."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return []
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    regions = []
+    for label, slices in enumerate(ndimage.find_objects(labels), start=1):
+        if slices is None or sizes[label] < max(min_pixels, 1):
+            continue
+        rows, cols = slices
+        regions.append(PolypRegion(int(sizes[label]), (cols.start, rows.start, cols.stop, rows.stop)))
+    return sorted(regions, key=lambda region: -region.pixels)
+
+
+def overlay(image: np.ndarray, class_map: np.ndarray, opacity: float = 0.4) -> np.ndarray:
+    """Tint the polyp green over ``image`` and draw the boundary class in solid yellow.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        class_map: (H, W) class map of the same size.
+        opacity: Strength of the polyp tint, 0 (none) to 1 (solid).
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    result = image.astype(np.float32)
+    polyp = class_map == POLYP
+    tint = np.array(CLASS_PALETTE[POLYP], dtype=np.float32)
+    result[polyp] = (1 - opacity) * result[polyp] + opacity * tint
+    result[class_map == BOUNDARY] = CLASS_PALETTE[BOUNDARY]
+    return result.round().astype(np.uint8)
+
+
+class Predictor:
+    """A loaded model that segments images.
+
+    Args:
+        model: A U-Net (put in eval mode here).
+        image_size: Network input size (the training resolution), square.
+        device: Torch device.
+        precision: ``"auto"`` (bf16 autocast where the CPU/GPU computes bf16 natively, else fp32),
+            ``"32"`` or ``"bf16"``.
+        min_polyp_fraction: Regions smaller than this share of the image are not counted as polyps
+            (they stay in the mask). Default 0.1 %.
+
+    Example:
+        >>> predictor = Predictor.from_pretrained()  # the bundled model
+        >>> prediction = predictor.predict(np.zeros((300, 400, 3), np.uint8))
+        >>> prediction.class_map.shape
+        (300, 400)
+    """
+
+    def __init__(
+        self,
+        model: UNet,
+        image_size: int = 256,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+        min_polyp_fraction: float = 0.001,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.image_size = image_size
+        if precision == "auto":
+            native = torch.cuda.is_bf16_supported() if self.device.type == "cuda" else cpu_supports_bf16()
+            precision = "bf16" if native else "32"
+        if precision not in ("32", "bf16"):
+            raise ValueError(f"precision must be auto, 32 or bf16, got {precision!r}")
+        self.precision = precision
+        self.min_polyp_fraction = min_polyp_fraction
+
+    @classmethod
+    def from_pretrained(cls, weights: str | Path | None = None, **kwargs: object) -> Predictor:
+        """Load weights (see :func:`polypseg.load_pretrained`; ``None`` is the bundled model)."""
+        size = read_model_config(weights).get("input_size", [256, 256])
+        return cls(load_pretrained(weights), image_size=int(size[0]), **kwargs)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Segment (H, W, 3) uint8 RGB images of any sizes; returns one :class:`Prediction` each."""
+        if not images:
+            return []
+        size = (self.image_size, self.image_size)
+        batch = np.stack([resize_image(image, size) for image in images])
+        tensor = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model(tensor)
+        predictions = []
+        for image, image_logits in zip(images, logits.float(), strict=True):
+            height, width = image.shape[:2]
+            full = F.interpolate(image_logits[None], size=(height, width), mode="bilinear", align_corners=False)
+            class_map = full[0].argmax(0).to(torch.uint8).cpu().numpy()
+            min_pixels = int(np.ceil(self.min_polyp_fraction * height * width))
+            predictions.append(Prediction(class_map, find_polyps(classes_to_mask(class_map), min_pixels)))
+        return predictions
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Segment one (H, W, 3) uint8 RGB image."""
+        return self.predict_batch([image])[0]
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files, folders (recursively, image suffixes only) and glob patterns -> image paths, and problems.
+
+    Returns:
+        The paths in a stable order (duplicates removed) and one-line messages for inputs that match nothing.
+    """
+    paths: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        elif glob.has_magic(text):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                problems.append(f"{text}: pattern matches no files")
+            paths.extend(found)
+        else:
+            problems.append(f"{path}: file not found")
+    unique = list(dict.fromkeys(paths))
+    return unique, problems
+
+
+@dataclass
+class PredictionSummary:
+    """What :func:`predict_files` did: rows written and one-line errors (file: problem)."""
+
+    rows: list[dict[str, object]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every input was segmented."""
+        return not self.errors
+
+
+def _output_stems(paths: Sequence[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+    return stems
+
+
+def _read_ahead(paths: Sequence[Path], lookahead: int) -> Iterator[tuple[Path, np.ndarray | InputError]]:
+    """Decode images in two threads, at most ``lookahead`` ahead of the consumer (bounded memory)."""
+
+    def read(path: Path) -> np.ndarray | InputError:
+        try:
+            return read_image(path)
+        except InputError as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque[tuple[Path, Future]] = deque()
+        queue = iter(paths)
+        for path in queue:
+            pending.append((path, pool.submit(read, path)))
+            if len(pending) >= lookahead:
+                break
+        while pending:
+            path, future = pending.popleft()
+            next_path = next(queue, None)
+            if next_path is not None:
+                pending.append((next_path, pool.submit(read, next_path)))
+            yield path, future.result()
+
+
+def _save_png(path: Path, image: Image.Image) -> None:
+    atomic_save(path, lambda temporary: image.save(temporary, format="PNG"))
+
+
+def _write_outputs(out_dir: Path, stem: str, image: np.ndarray, prediction: Prediction, opacity: float) -> None:
+    classes = Image.fromarray(prediction.class_map, mode="P")
+    palette = [value for colour in CLASS_PALETTE for value in colour]
+    classes.putpalette(palette + [0] * (768 - len(palette)))
+    _save_png(out_dir / f"{stem}_classes.png", classes)
+    _save_png(out_dir / f"{stem}_mask.png", Image.fromarray(prediction.polyp_mask.astype(np.uint8) * 255))
+    _save_png(out_dir / f"{stem}_overlay.png", Image.fromarray(overlay(image, prediction.class_map, opacity)))
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    overwrite: bool = False,
+    batch_size: int = 4,
+    opacity: float = 0.4,
+    on_result: Callable[[Path, Prediction | None, str | None], None] | None = None,
+) -> PredictionSummary:
+    """Segment files and write masks, overlays and ``predictions.csv`` into ``out_dir``.
+
+    Per image, at its own resolution: ``STEM_classes.png`` (palette class map), ``STEM_mask.png``
+    (binary polyp mask, 0/255) and ``STEM_overlay.png``; ``predictions.csv`` has one row per image.
+
+    A file that cannot be read or whose outputs exist (without ``overwrite``) is reported and skipped;
+    the others are still done. ``predictions.csv`` is written atomically at the end.
+
+    Args:
+        predictor: The loaded model.
+        inputs: Files, folders or glob patterns.
+        out_dir: Output folder (created).
+        overwrite: Replace existing outputs.
+        batch_size: Images per network call.
+        opacity: Polyp tint strength of the overlays.
+        on_result: Called after each input with ``(path, prediction, None)`` or ``(path, None, error)``.
+
+    Raises:
+        FileExistsError: ``out_dir/predictions.csv`` exists and ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir)
+    csv_path = out_dir / "predictions.csv"
+    if csv_path.exists() and not overwrite:
+        raise FileExistsError(f"{csv_path}: exists; pass --overwrite to replace earlier predictions")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, problems = expand_inputs(inputs)
+    summary = PredictionSummary(errors=list(problems))
+    report = on_result or (lambda path, prediction, error: None)
+    for problem in problems:
+        report(Path(problem.split(": ")[0]), None, problem)
+    stems = dict(zip(paths, _output_stems(paths), strict=True))
+
+    def flush(batch: list[tuple[Path, np.ndarray]]) -> None:
+        for (path, image), prediction in zip(batch, predictor.predict_batch([img for _, img in batch]), strict=True):
+            stem = stems[path]
+            try:
+                _write_outputs(out_dir, stem, image, prediction, opacity)
+            except OSError as error:
+                message = f"{path}: cannot write outputs ({error})"
+                summary.errors.append(message)
+                report(path, None, message)
+                continue
+            boxes = [list(region.box) for region in prediction.polyps]
+            summary.rows.append(
+                {
+                    "file": str(path),
+                    "width": image.shape[1],
+                    "height": image.shape[0],
+                    "polyp_area_percent": round(prediction.polyp_area_percent, 3),
+                    "polyps": len(prediction.polyps),
+                    "boxes": json.dumps(boxes),
+                }
+            )
+            report(path, prediction, None)
+        batch.clear()
+
+    batch: list[tuple[Path, np.ndarray]] = []
+    for path, result in _read_ahead(paths, lookahead=2 * batch_size):
+        if isinstance(result, InputError):
+            summary.errors.append(str(result))
+            report(path, None, str(result))
+            continue
+        existing = [out_dir / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
+        if not overwrite and any(p.exists() for p in existing):
+            message = f"{path}: output {next(p for p in existing if p.exists())} exists; pass --overwrite"
+            summary.errors.append(message)
+            report(path, None, message)
+            continue
+        batch.append((path, result))
+        if len(batch) >= batch_size:
+            flush(batch)
+    flush(batch)
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(summary.rows)
+    atomic_write_text(csv_path, buffer.getvalue())
+    return summary
+
+
+def print_result(path: Path, prediction: Prediction | None, error: str | None) -> None:
+    """Default per-image report: one line per image on stdout, errors on stderr."""
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return
+    assert prediction is not None
+    count = len(prediction.polyps)
+    print(f"{path.name}: polyp area {prediction.polyp_area_percent:.1f}%, {count} polyp{'s' if count != 1 else ''}")

@@ -1,0 +1,134 @@
+"""Shared fixtures for the polypseg tests.
+
+Fixtures here are generic so that every test module (model, data, training, inference, CLI) can use them:
+
+* ``synthetic_dataset``: a factory writing a tiny Kvasir-SEG style folder into ``tmp_path``.
+* ``real_subset``: the path of the real Kvasir-SEG copy shared with the project (skips when absent).
+* ``write_image`` / ``write_mask``: helpers to put one image or mask file anywhere.
+* ``tiny_unet``: a freshly initialised ``UNet(base_channels=8)`` in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+#: Repository root (the folder holding ``pyproject.toml``).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Where the project keeps its copy of Kvasir-SEG (``images/`` and ``masks/``, 1000 JPEG pairs).
+REAL_DATASET_DIR = REPO_ROOT.parent / "shared" / "datasets" / "kvasir-seg"
+
+#: (width, height) of the images the synthetic dataset writes by default: non-square and square sizes.
+DEFAULT_SYNTHETIC_SIZES: tuple[tuple[int, int], ...] = ((70, 50), (64, 64), (48, 80), (64, 64))
+
+
+def ellipse_mask(height: int, width: int, center: tuple[float, float], radii: tuple[float, float]) -> np.ndarray:
+    """A (height, width) uint8 mask, 255 inside the ellipse ``center`` = (y, x), ``radii`` = (ry, rx), else 0."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    inside = ((yy - center[0]) / radii[0]) ** 2 + ((xx - center[1]) / radii[1]) ** 2 <= 1.0
+    return np.where(inside, 255, 0).astype(np.uint8)
+
+
+def _write_array(array: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        Image.fromarray(array).save(path, quality=95)
+    else:
+        Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture
+def write_image() -> Callable[..., Path]:
+    """Write an RGB uint8 array (H, W, 3) or a random image of ``size`` = (width, height) to ``path``.
+
+    Usage: ``write_image(path, size=(70, 50), seed=0)`` or ``write_image(path, array=rgb)``.
+    """
+
+    def write(path: Path, size: tuple[int, int] = (64, 64), seed: int = 0, array: np.ndarray | None = None) -> Path:
+        if array is None:
+            width, height = size
+            array = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        return _write_array(np.asarray(array, dtype=np.uint8), Path(path))
+
+    return write
+
+
+@pytest.fixture
+def write_mask() -> Callable[..., Path]:
+    """Write a 0/255 ellipse mask of ``size`` = (width, height) (or a given uint8 array) to ``path``.
+
+    Usage: ``write_mask(path, size=(70, 50))`` or ``write_mask(path, array=mask)``.
+    """
+
+    def write(path: Path, size: tuple[int, int] = (64, 64), array: np.ndarray | None = None) -> Path:
+        if array is None:
+            width, height = size
+            array = ellipse_mask(height, width, (height / 2, width / 2), (height / 4, width / 3))
+        return _write_array(np.asarray(array, dtype=np.uint8), Path(path))
+
+    return write
+
+
+@pytest.fixture
+def synthetic_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing a tiny Kvasir-SEG style folder and returning its path.
+
+    The folder holds ``images/<name>.jpg`` (random RGB, with a brighter ellipse where the polyp is) and
+    ``masks/<name>.<mask_suffix>`` (0/255 ellipse, same size as its image). Names are ``sample_000``,
+    ``sample_001``, ... in sorted order. Calling the factory twice with different ``name`` gives two folders.
+
+    Args of the factory:
+        sizes: (width, height) of each image; defaults to :data:`DEFAULT_SYNTHETIC_SIZES` (4 images).
+        mask_suffix: ``".jpg"`` (like Kvasir-SEG, values near 0 and 255) or ``".png"`` (exactly 0/255).
+        name: Folder name under ``tmp_path``.
+        seed: Seed of the random images and ellipse positions.
+
+    Example:
+        >>> def test_something(synthetic_dataset):
+        ...     root = synthetic_dataset(sizes=[(64, 64)] * 6, mask_suffix=".png")
+        ...     assert len(list((root / "images").iterdir())) == 6
+    """
+
+    def make(
+        sizes: Sequence[tuple[int, int]] = DEFAULT_SYNTHETIC_SIZES,
+        mask_suffix: str = ".jpg",
+        name: str = "kvasir-synthetic",
+        seed: int = 0,
+    ) -> Path:
+        root = tmp_path / name
+        rng = np.random.default_rng(seed)
+        for index, (width, height) in enumerate(sizes):
+            stem = f"sample_{index:03d}"
+            center = (rng.uniform(0.35, 0.65) * height, rng.uniform(0.35, 0.65) * width)
+            radii = (rng.uniform(0.15, 0.3) * height, rng.uniform(0.15, 0.3) * width)
+            mask = ellipse_mask(height, width, center, radii)
+            image = rng.integers(0, 120, size=(height, width, 3), dtype=np.uint8)
+            image[mask > 0] += 120
+            _write_array(image, root / "images" / f"{stem}.jpg")
+            _write_array(mask, root / "masks" / f"{stem}{mask_suffix}")
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def real_subset() -> Path:
+    """Path of the real Kvasir-SEG folder (``images/``, ``masks/``); skips the test when it is absent."""
+    if not (REAL_DATASET_DIR / "images").is_dir() or not (REAL_DATASET_DIR / "masks").is_dir():
+        pytest.skip(f"real Kvasir-SEG not found at {REAL_DATASET_DIR}")
+    return REAL_DATASET_DIR
+
+
+@pytest.fixture
+def tiny_unet() -> torch.nn.Module:
+    """A freshly initialised ``UNet(3, 3, base_channels=8)`` in eval mode (seeded, so reproducible)."""
+    from polypseg.model import UNet
+
+    torch.manual_seed(0)
+    return UNet(in_channels=3, num_classes=3, base_channels=8).eval()
