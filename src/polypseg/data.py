@@ -201,8 +201,8 @@ def load_pairs(samples: Sequence[Sample], image_size: int = 256, workers: int = 
         except InputError as error:
             problems.append(str(error))
             return
-        images[i] = torch.from_numpy(image).permute(2, 0, 1)
-        masks[i] = torch.from_numpy(mask)
+        images[i] = torch.tensor(image).permute(2, 0, 1)
+        masks[i] = torch.tensor(mask)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(load, range(len(samples))))

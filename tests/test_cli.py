@@ -1,0 +1,169 @@
+"""The command line: thin entry points, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from polypseg.cli import main
+from polypseg.weights import save_pretrained
+
+
+@pytest.fixture
+def tiny_weights(tiny_unet, tmp_path):
+    return save_pretrained(tiny_unet, tmp_path / "weights", metadata={"input_size": [64, 64]})
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_help_lists_the_subcommands():
+    out = subprocess.run([sys.executable, "-m", "polypseg.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("train", "evaluate", "predict", "demo"):
+        assert command in out.stdout
+
+
+def test_predict_prints_one_line_per_image(tiny_weights, synthetic_dataset, tmp_path, capsys):
+    data = synthetic_dataset()
+    out = tmp_path / "out"
+    assert main(["predict", "--weights", str(tiny_weights), str(data / "images"), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and "polyp area" in lines[0] and "4 images segmented" in lines[-1]
+    assert len(list(out.glob("*_overlay.png"))) == 4
+
+
+def test_predict_bad_file_exits_non_zero_and_does_the_rest(tiny_weights, synthetic_dataset, tmp_path, capsys):
+    data = synthetic_dataset()
+    (data / "images" / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    code = main(["predict", "--weights", str(tiny_weights), str(data / "images"), "--out", str(out)])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "empty.jpg" in captured.err and len(captured.err.strip().splitlines()) == 1
+    with (out / "predictions.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+
+
+def test_predict_refuses_to_overwrite(tiny_weights, synthetic_dataset, tmp_path, capsys):
+    data = synthetic_dataset()
+    args = ["predict", "--weights", str(tiny_weights), str(data / "images"), "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--overwrite" in one_line_error(capsys)
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_predict_with_missing_weights(tmp_path, capsys):
+    assert main(["predict", "--weights", str(tmp_path / "nothing"), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "nothing" in one_line_error(capsys)
+
+
+def test_train_missing_mask_is_reported_before_training(synthetic_dataset, tmp_path, capsys):
+    data = synthetic_dataset()
+    (data / "masks" / "sample_002.jpg").unlink()
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--base-channels", "4"])
+    assert code == 2
+    err = one_line_error(capsys)
+    assert "sample_002.jpg" in err and "no mask" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_unreadable_image_is_reported_before_training(synthetic_dataset, tmp_path, capsys):
+    data = synthetic_dataset(sizes=[(64, 64)] * 6)
+    (data / "images" / "sample_001.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--split-sizes", "4,1,1"])
+    assert code == 2
+    assert "sample_001.jpg" in one_line_error(capsys)
+
+
+def test_train_empty_folder(tmp_path, capsys):
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
+    assert "no images" in one_line_error(capsys)
+
+
+def test_train_and_evaluate_through_the_cli(synthetic_dataset, tmp_path, capsys):
+    data = synthetic_dataset(sizes=[(64, 64)] * 10)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("base_channels: 4\nimage_size: 64\nprecision: '32'\naccelerator: cpu\ndevices: 1\n")
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--split-sizes",
+                "6,2,2",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert "best val_dice" in capsys.readouterr().out
+    report = tmp_path / "report"
+    assert main(["evaluate", "--weights", str(run), "--data", str(data), "--out", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "3-class mean (card)" in out and "polyp, mean per image" in out
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["images"] == 2 and metrics["split_source"].endswith("splits.json")
+    for key in (
+        "loss",
+        "mean_dice",
+        "dice_boundary",
+        "iou_polyp",
+        "polyp_dice",
+        "polyp_dice_dataset",
+        "polyp_precision",
+        "polyp_recall",
+    ):
+        assert key in metrics["metrics"]
+    with (report / "per_image.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    test_names = json.loads((run / "splits.json").read_text())["test"]
+    assert sorted(r["name"] for r in rows) == sorted(test_names)
+    # Existing reports are protected; --split all scores every image.
+    assert main(["evaluate", "--weights", str(run), "--data", str(data), "--out", str(report)]) == 2
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                "--weights",
+                str(run),
+                "--data",
+                str(data),
+                "--split",
+                "all",
+                "--out",
+                str(report),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((report / "metrics.json").read_text())["images"] == 10
+
+
+def test_demo_runs_on_the_bundled_examples(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert all("polyp area" in line for line in lines[:-1]) and len(lines) >= 5
+    assert len(list(out.glob("*_overlay.png"))) == len(lines) - 1

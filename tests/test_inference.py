@@ -1,0 +1,162 @@
+"""Predictor and predict_files: original resolution, outputs, CSV, bad files, no silent overwrite."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from polypseg.classes import BOUNDARY, POLYP
+from polypseg.inference import Predictor, expand_inputs, find_polyps, overlay, predict_files
+
+
+@pytest.fixture
+def predictor(tiny_unet):
+    return Predictor(tiny_unet, image_size=64, precision="32", min_polyp_fraction=0.0)
+
+
+def read_csv(path):
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("size", [(50, 70), (64, 64), (33, 121)])
+def test_prediction_is_at_the_image_resolution(predictor, size):
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    prediction = predictor.predict(image)
+    assert prediction.class_map.shape == size
+    assert prediction.class_map.dtype == np.uint8
+    assert set(np.unique(prediction.class_map)) <= {0, 1, 2}
+    assert prediction.polyp_mask.shape == size
+    assert 0.0 <= prediction.polyp_area_percent <= 100.0
+
+
+def test_batch_equals_single_predictions(predictor):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (40 + 8 * i, 60, 3), dtype=np.uint8) for i in range(3)]
+    batch = predictor.predict_batch(images)
+    for image, prediction in zip(images, batch, strict=True):
+        np.testing.assert_array_equal(prediction.class_map, predictor.predict(image).class_map)
+
+
+def test_find_polyps_counts_regions_and_boxes():
+    mask = np.zeros((20, 30), bool)
+    mask[2:6, 3:9] = True  # 24 px
+    mask[10:19, 20:29] = True  # 81 px
+    mask[0, 29] = True  # 1 px speck
+    regions = find_polyps(mask)
+    assert [r.pixels for r in regions] == [81, 24, 1]
+    assert regions[0].box == (20, 10, 29, 19)
+    assert regions[1].box == (3, 2, 9, 6)
+    assert [r.pixels for r in find_polyps(mask, min_pixels=2)] == [81, 24]
+    assert find_polyps(np.zeros((5, 5), bool)) == []
+
+
+def test_overlay_tints_polyp_and_draws_boundary():
+    image = np.full((4, 4, 3), 100, np.uint8)
+    class_map = np.zeros((4, 4), np.uint8)
+    class_map[1, 1] = POLYP
+    class_map[2, 2] = BOUNDARY
+    result = overlay(image, class_map, opacity=0.5)
+    assert tuple(result[0, 0]) == (100, 100, 100)
+    assert tuple(result[1, 1]) == (50, 150, 50)
+    assert tuple(result[2, 2]) == (255, 220, 0)
+    assert tuple(overlay(image, class_map, opacity=0.0)[1, 1]) == (100, 100, 100)
+
+
+def test_predict_files_writes_outputs_at_input_size(predictor, synthetic_dataset, tmp_path):
+    data = synthetic_dataset()
+    out = tmp_path / "out"
+    summary = predict_files(predictor, [data / "images"], out, batch_size=3)
+    assert summary.ok and len(summary.rows) == 4
+    rows = read_csv(out / "predictions.csv")
+    assert len(rows) == 4
+    for row in rows:
+        stem = row["file"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        with Image.open(row["file"]) as source:
+            size = source.size
+        for suffix in ("_classes.png", "_mask.png", "_overlay.png"):
+            with Image.open(out / f"{stem}{suffix}") as written:
+                assert written.size == size
+        with Image.open(out / f"{stem}_classes.png") as classes:
+            assert classes.mode == "P"
+        with Image.open(out / f"{stem}_mask.png") as mask:
+            values = set(np.unique(np.asarray(mask)))
+            assert values <= {0, 255}
+            area = 100 * (np.asarray(mask) > 0).mean()
+        assert float(row["polyp_area_percent"]) == pytest.approx(area, abs=1e-3)
+        assert (int(row["width"]), int(row["height"])) == size
+        assert len(json.loads(row["boxes"])) == int(row["polyps"])
+    assert not list(out.glob(".*tmp"))
+
+
+def test_bad_file_is_reported_and_the_rest_done(predictor, synthetic_dataset, tmp_path):
+    data = synthetic_dataset()
+    bad = data / "images" / "broken.jpg"
+    bad.write_text("this is not a JPEG")
+    out = tmp_path / "out"
+    seen = []
+    summary = predict_files(
+        predictor,
+        [data / "images", tmp_path / "missing.png"],
+        out,
+        on_result=lambda path, prediction, error: seen.append(error),
+    )
+    assert len(summary.rows) == 4
+    assert not summary.ok and len(summary.errors) == 2
+    assert any("broken.jpg" in e and "\n" not in e for e in summary.errors)
+    assert any("missing.png" in e for e in summary.errors)
+    assert not (out / "broken_mask.png").exists()
+    assert len(read_csv(out / "predictions.csv")) == 4
+    assert seen.count(None) == 4
+
+
+def test_outputs_are_not_overwritten_without_permission(predictor, synthetic_dataset, tmp_path):
+    data = synthetic_dataset()
+    out = tmp_path / "out"
+    predict_files(predictor, [data / "images"], out)
+    before = (out / "predictions.csv").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        predict_files(predictor, [data / "images"], out)
+    assert (out / "predictions.csv").read_bytes() == before
+    # Without the CSV, the per-image outputs are still protected.
+    (out / "predictions.csv").unlink()
+    summary = predict_files(predictor, [data / "images" / "sample_000.jpg"], out)
+    assert not summary.ok and "exists" in summary.errors[0]
+    summary = predict_files(predictor, [data / "images"], out, overwrite=True)
+    assert summary.ok and len(summary.rows) == 4
+
+
+def test_expand_inputs_files_folders_globs(synthetic_dataset, tmp_path):
+    data = synthetic_dataset()
+    (data / "images" / "notes.txt").write_text("not an image")
+    paths, problems = expand_inputs(
+        [data / "images", str(data / "images" / "sample_00[01].jpg"), tmp_path / "nope.jpg", str(tmp_path / "*.none")]
+    )
+    assert [p.name for p in paths] == [f"sample_00{i}.jpg" for i in range(4)]
+    assert len(problems) == 2
+
+
+def test_same_stem_in_two_folders_gets_distinct_outputs(predictor, write_image, tmp_path):
+    write_image(tmp_path / "a" / "x.jpg", size=(40, 30))
+    write_image(tmp_path / "b" / "x.jpg", size=(50, 30))
+    out = tmp_path / "out"
+    summary = predict_files(predictor, [tmp_path / "a", tmp_path / "b"], out)
+    assert summary.ok
+    assert (out / "x_mask.png").exists() and (out / "x-2_mask.png").exists()
+
+
+def test_bundled_model_finds_polyps_in_the_examples():
+    from polypseg.weights import bundled_examples_dir
+
+    predictor = Predictor.from_pretrained(precision="32")
+    examples = sorted(bundled_examples_dir().glob("*.jpg"))
+    assert 4 <= len(examples) <= 6
+    from polypseg.io import read_image
+
+    predictions = predictor.predict_batch([read_image(p) for p in examples])
+    # Every example shows one polyp; a trained model finds a plausible area in each.
+    assert all(0.5 < p.polyp_area_percent < 80 for p in predictions)

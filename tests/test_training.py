@@ -1,0 +1,163 @@
+"""The training loop end to end: run folder contents, loss going down, resume, evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from polypseg.config import TrainConfig, load_config
+from polypseg.data import find_pairs, load_pairs
+from polypseg.training import SegmentationModule, evaluate, train
+from polypseg.weights import load_pretrained
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides: object) -> TrainConfig:
+    base = TrainConfig(
+        base_channels=4,
+        image_size=64,
+        split_sizes=[8, 2, 2],
+        batch_size=4,
+        epochs=2,
+        lr=3e-3,
+        scheduler="cosine",
+        precision="32",
+        accelerator="cpu",
+        devices=1,
+        log_every_n_steps=1,
+        boundary_width_px=1,
+    )
+    return base.updated(**overrides)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_train_writes_the_run_folder(synthetic_dataset, tmp_path):
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    run = tmp_path / "run"
+    result = train(tiny_config(), data, run)
+    assert {"config.yaml", "splits.json", "metrics.csv", "best", "checkpoints"} <= {p.name for p in run.iterdir()}
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    saved = load_config(run / "config.yaml")
+    assert saved.base_channels == 4 and saved.image_size == 64
+    splits = json.loads((run / "splits.json").read_text())
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [8, 2, 2]
+    rows = read_rows(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(r["train_loss"] and r["val_loss"] and r["val_dice"] and r["lr"] for r in rows)
+    assert result.best_score is not None
+    model = load_pretrained(run)
+    assert model.base_channels == 4
+    config = json.loads((run / "best" / "config.json").read_text())
+    assert config["class_names"] == ["background", "polyp", "boundary"]
+    assert config["training"]["config"]["base_channels"] == 4
+    assert config["input_size"] == [64, 64]
+    # The config travels inside the Lightning checkpoint too.
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["config"]["base_channels"] == 4
+
+
+def test_loss_goes_down_on_synthetic_data(synthetic_dataset, tmp_path):
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    run = tmp_path / "run"
+    train(tiny_config(epochs=6, base_channels=8, lr=5e-3), data, run)
+    losses = [float(r["train_loss"]) for r in read_rows(run / "metrics.csv")]
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_refuses_non_empty_run_folder(synthetic_dataset, tmp_path):
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "something").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        train(tiny_config(), data, run)
+
+
+def test_resume_continues_with_the_same_split(synthetic_dataset, tmp_path):
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1), data, run)
+    splits_before = (run / "splits.json").read_text()
+    # A different seed on resume must not change the run's split or config.
+    train(tiny_config(epochs=3, seed=7), data, run, resume=True)
+    assert (run / "splits.json").read_text() == splits_before
+    assert [int(r["epoch"]) for r in read_rows(run / "metrics.csv")] == [0, 1, 2]
+    assert load_config(run / "config.yaml").seed == 42
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, synthetic_dataset):
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        train(tiny_config(), synthetic_dataset(), tmp_path / "missing", resume=True)
+
+
+def test_reused_splits_file(synthetic_dataset, tmp_path):
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    splits = {"train": [f"sample_{i:03d}" for i in range(6)], "val": ["sample_010"], "test": ["sample_011"]}
+    splits_file = tmp_path / "splits.json"
+    splits_file.write_text(json.dumps(splits))
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1), data, run, splits_file=splits_file)
+    assert json.loads((run / "splits.json").read_text()) == splits
+
+
+def test_augmented_training_runs(synthetic_dataset, tmp_path):
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    train(tiny_config(epochs=1, augment=True), data, tmp_path / "run")
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()
+
+
+def test_evaluate_scores_a_perfect_model_as_perfect(synthetic_dataset):
+    """A module whose 'model' returns the truth as logits must score 1 everywhere and a small loss."""
+    data = synthetic_dataset(sizes=[(64, 64)] * 3, mask_suffix=".png")
+    pairs = load_pairs(find_pairs(data), image_size=64)
+    module = SegmentationModule(tiny_config().to_dict())
+    result = evaluate(module.model, pairs, batch_size=2, boundary_width_px=1, precision="32", accelerator="cpu")
+    assert len(result.rows) == 3
+    assert {row["name"] for row in result.rows} == {"sample_000", "sample_001", "sample_002"}
+    for key in ("mean_dice", "polyp_dice", "polyp_dice_dataset", "loss"):
+        assert 0.0 <= result.metrics[key] <= 2.0
+
+
+def test_configs_in_the_repository_load():
+    for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
+        config = load_config(path)
+        assert config.to_dict() == TrainConfig.from_dict(yaml.safe_load(path.read_text())).to_dict()
+    seed = load_config(REPO_ROOT / "configs" / "seed.yaml")
+    assert (seed.base_channels, seed.lr, seed.batch_size, seed.epochs) == (64, 1e-4, 8, 20)
+    assert (seed.scheduler, seed.plateau_factor, seed.plateau_patience, seed.min_lr) == ("plateau", 0.5, 3, 1e-6)
+    assert seed.split_sizes == [800, 100, 100] and not seed.augment and seed.monitor == "val_dice"
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_config(path)
+
+
+@pytest.mark.slow
+def test_loss_goes_down_on_real_images(real_subset, tmp_path):
+    config = tiny_config(
+        image_size=128,
+        base_channels=8,
+        split_sizes=[16, 4, 4],
+        max_images=24,
+        epochs=4,
+        lr=3e-3,
+        batch_size=4,
+        boundary_width_px=2,
+    )
+    run = tmp_path / "run"
+    train(config, real_subset, run)
+    losses = [float(r["train_loss"]) for r in read_rows(run / "metrics.csv")]
+    assert losses[-1] < losses[0], losses
