@@ -6,10 +6,14 @@ Fixtures here are generic so that every test module (model, data, training, infe
 * ``real_subset``: the path of the real Kvasir-SEG copy shared with the project (skips when absent).
 * ``write_image`` / ``write_mask``: helpers to put one image or mask file anywhere.
 * ``tiny_unet``: a freshly initialised ``UNet(base_channels=8)`` in eval mode.
+
+Torch runs single-threaded in the tests (override with ``POLYPSEG_TEST_THREADS``): on the tiny tensors
+used here, extra threads only add overhead, and on a busy machine they make a forward pass ~10x slower.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +29,10 @@ REAL_DATASET_DIR = REPO_ROOT.parent / "shared" / "datasets" / "kvasir-seg"
 
 #: (width, height) of the images the synthetic dataset writes by default: non-square and square sizes.
 DEFAULT_SYNTHETIC_SIZES: tuple[tuple[int, int], ...] = ((70, 50), (64, 64), (48, 80), (64, 64))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    torch.set_num_threads(int(os.environ.get("POLYPSEG_TEST_THREADS", "1")))
 
 
 def ellipse_mask(height: int, width: int, center: tuple[float, float], radii: tuple[float, float]) -> np.ndarray:

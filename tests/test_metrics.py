@@ -8,7 +8,9 @@ from polypseg.metrics import SegmentationMetrics, binary_image_scores, class_cou
 TARGET = torch.tensor([[[0, 0, 1, 1], [0, 2, 2, 1]]])
 PRED = torch.tensor([[[0, 1, 1, 1], [2, 2, 0, 1]]])
 # By hand, per class (tp, fp, fn):
-#   background (1, 1, 2): dice 2/5, iou 1/4;  polyp (3, 1, 0): dice 6/7, iou 3/4;  boundary (1, 1, 1): dice 1/2, iou 1/3.
+#   background (1, 1, 2): dice 2/5, iou 1/4
+#   polyp      (3, 1, 0): dice 6/7, iou 3/4
+#   boundary   (1, 1, 1): dice 1/2, iou 1/3
 # Binary polyp (classes 1 and 2 together): tp 4, fp 2, fn 1: dice 8/11, iou 4/7, precision 4/6, recall 4/5.
 EXPECTED = {
     "dice_background": 2 / 5,

@@ -89,7 +89,7 @@ def test_resume_continues_with_the_same_split(synthetic_dataset, tmp_path):
     train(tiny_config(epochs=1), data, run)
     splits_before = (run / "splits.json").read_text()
     # A different seed on resume must not change the run's split or config.
-    train(tiny_config(epochs=3, seed=7), data, run, resume=True)
+    train(tiny_config(epochs=3, seed=7), None, run, resume=True)  # the run remembers its data folder
     assert (run / "splits.json").read_text() == splits_before
     assert [int(r["epoch"]) for r in read_rows(run / "metrics.csv")] == [0, 1, 2]
     assert load_config(run / "config.yaml").seed == 42

@@ -21,7 +21,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--config", type=Path, default=None, help="YAML config (default: the card's, configs/seed.yaml)"
     )
-    parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="folder with images/ and masks/")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"folder with images/ and masks/ (default: the run's on --resume, else {DEFAULT_DATA})",
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder (new, or existing with --resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--splits", type=Path, default=None, help="reuse this splits.json")
@@ -64,7 +69,8 @@ def _train(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         split_sizes=parse_split_sizes(args.split_sizes) if args.split_sizes else None,
     )
-    result = train(config, args.data, args.out, resume=args.resume, splits_file=args.splits, max_steps=args.max_steps)
+    data = args.data if args.data is not None or args.resume else Path(DEFAULT_DATA)
+    result = train(config, data, args.out, resume=args.resume, splits_file=args.splits, max_steps=args.max_steps)
     score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
     print(f"best {config.monitor} {score}; weights in {result.best_dir}")
     return 0

@@ -26,6 +26,7 @@ class TrainConfig:
     base_channels: int = 64  # width of the first encoder stage (card: 64)
     head_kernel_size: int = 3  # reduction head conv kernel
     # Data
+    data_dir: str | None = None  # dataset folder (images/, masks/); recorded by train, reused by --resume
     image_size: int = 256  # training resolution (square)
     boundary_width_px: int = 3  # boundary class width at the training resolution
     split_sizes: list[float] = field(default_factory=lambda: [800, 100, 100])  # counts or fractions

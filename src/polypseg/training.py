@@ -316,7 +316,7 @@ def _loader(pairs: CachedPairs, config: TrainConfig, shuffle: bool) -> DataLoade
 
 def train(
     config: TrainConfig,
-    data_dir: str | Path,
+    data_dir: str | Path | None,
     run_dir: str | Path,
     resume: bool = False,
     splits_file: str | Path | None = None,
@@ -326,7 +326,7 @@ def train(
 
     Args:
         config: The run's configuration (``configs/seed.yaml`` is the card's).
-        data_dir: Folder with ``images/`` and ``masks/``.
+        data_dir: Folder with ``images/`` and ``masks/`` (``None``: ``config.data_dir``, e.g. on resume).
         run_dir: Output folder. Must be new or empty unless ``resume``.
         resume: Continue from ``RUN_DIR/checkpoints/last.ckpt`` with the run's saved config and split.
         splits_file: Use this ``splits.json`` instead of a fresh seeded split.
@@ -348,6 +348,10 @@ def train(
         splits_file = run_dir / "splits.json"
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir}: run folder is not empty (use --resume to continue it, or a new --out)")
+    data_dir = data_dir if data_dir is not None else config.data_dir
+    if data_dir is None:
+        raise ValueError("no dataset folder given (--data)")
+    config = config.updated(data_dir=str(data_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
 
