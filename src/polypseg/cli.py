@@ -71,6 +71,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     data = args.data if args.data is not None or args.resume else Path(DEFAULT_DATA)
     result = train(config, data, args.out, resume=args.resume, splits_file=args.splits, max_steps=args.max_steps)
+    if not result.is_global_zero:
+        return 0
     score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
     print(f"best {config.monitor} {score}; weights in {result.best_dir}")
     return 0

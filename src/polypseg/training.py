@@ -26,6 +26,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from polypseg.classes import CLASS_NAMES, NUM_CLASSES, classes_to_mask, mask_to_classes
@@ -129,10 +130,11 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log("val_dice", scores["mean_dice"], prog_bar=True)
-        self.log("val_polyp_dice", scores["polyp_dice"], prog_bar=True)
+        # torchmetrics has already gathered every rank's counts; sync_dist only keeps Lightning informed.
+        self.log("val_dice", scores["mean_dice"], prog_bar=True, sync_dist=True)
+        self.log("val_polyp_dice", scores["polyp_dice"], prog_bar=True, sync_dist=True)
         for name in CLASS_NAMES:
-            self.log(f"val_dice_{name}", scores[f"dice_{name}"])
+            self.log(f"val_dice_{name}", scores[f"dice_{name}"], sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
         self.test_rows, self._loss_sum, self._loss_images = [], 0.0, 0
@@ -276,6 +278,7 @@ class TrainResult:
     best_dir: Path
     best_score: float | None
     epochs_run: int
+    is_global_zero: bool = True
 
 
 def _quiet_lightning() -> None:
@@ -314,6 +317,15 @@ def _loader(pairs: CachedPairs, config: TrainConfig, shuffle: bool) -> DataLoade
     )
 
 
+def _process_rank() -> int:
+    """Global rank of this process from the launcher's environment (0 when not distributed).
+
+    Lightning's DDP launcher re-runs the command in child processes, and torchrun/SLURM start all ranks
+    at once: only rank 0 prepares the run folder; the others compute the same seeded split.
+    """
+    return rank_zero_only.rank
+
+
 def train(
     config: TrainConfig,
     data_dir: str | Path | None,
@@ -346,7 +358,7 @@ def train(
         # Only the length of the run may change on resume; everything else is the run's own.
         config = saved.updated(epochs=config.epochs if config.epochs != saved.epochs else None)
         splits_file = run_dir / "splits.json"
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif _process_rank() == 0 and run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir}: run folder is not empty (use --resume to continue it, or a new --out)")
     data_dir = data_dir if data_dir is not None else config.data_dir
     if data_dir is None:
@@ -366,8 +378,9 @@ def train(
     pairs = load_pairs([s for s in samples if s.name in wanted], config.image_size)
     if not splits["train"] or not splits["val"]:
         raise ValueError("the split has no training or no validation images")
-    save_config(config, run_dir / "config.yaml")
-    save_splits(splits, run_dir / "splits.json")
+    if _process_rank() == 0:
+        save_config(config, run_dir / "config.yaml")
+        save_splits(splits, run_dir / "splits.json")
 
     metadata = {
         "boundary_width_px": config.boundary_width_px,
@@ -395,7 +408,7 @@ def train(
         val_dataloaders=_loader(pairs.subset(splits["val"]), config, shuffle=False),
         ckpt_path=str(last) if resume else None,
     )
-    return TrainResult(run_dir, run_dir / "best", exporter.best, trainer.current_epoch)
+    return TrainResult(run_dir, run_dir / "best", exporter.best, trainer.current_epoch, trainer.is_global_zero)
 
 
 @dataclass
