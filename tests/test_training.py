@@ -161,3 +161,42 @@ def test_loss_goes_down_on_real_images(real_subset, tmp_path):
     train(config, real_subset, run)
     losses = [float(r["train_loss"]) for r in read_rows(run / "metrics.csv")]
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(synthetic_dataset, tmp_path):
+    """Lightning's DDP (gloo) runs our loop in two processes; only rank 0 writes the run folder."""
+    import subprocess
+    import sys
+
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("base_channels: 4\nimage_size: 64\nprecision: '32'\nbatch_size: 2\nlr: 0.003\n")
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "polypseg.cli",
+        "train",
+        "--config",
+        str(config),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--split-sizes",
+        "8,2,2",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("best val_dice") == 1
+    assert [int(r["epoch"]) for r in read_rows(run / "metrics.csv")] == [0, 1]
+    assert load_pretrained(run).base_channels == 4
