@@ -144,11 +144,12 @@ def test_0_255_masks_are_binarized_at_128(kind):
     np.testing.assert_array_equal(np.asarray(classes), [[0, 0, 0, 1, 1, 1]])
 
 
-def test_binarize_reduces_trailing_channel_axis():
-    # Documented in binarize_mask: "a trailing channel axis (H, W, C) is reduced by its first channel".
+def test_binarize_is_element_wise_and_keeps_booleans():
     mask = np.zeros((4, 5, 3), dtype=np.uint8)
     mask[1:3, 1:4, 0] = 255
-    np.testing.assert_array_equal(binarize_mask(mask), mask[..., 0] >= 128)
+    np.testing.assert_array_equal(binarize_mask(mask), mask >= 128)
+    boolean = mask > 0
+    assert binarize_mask(boolean) is boolean
 
 
 def test_jpeg_like_noise_does_not_change_classes():
@@ -170,9 +171,8 @@ def test_real_masks_round_trip(real_subset):
     assert mask_paths
     for path in mask_paths:
         raw = read_mask(path)
-        # resize_mask returns {0, 1} uint8; mask_to_classes binarizes non-boolean input at 128, so pass bools.
-        binary = resize_mask(raw, (256, 256)).astype(bool)
-        np.testing.assert_array_equal(binary, resize_mask(binarize_mask(raw), (256, 256)).astype(bool))
+        binary = resize_mask(raw, (256, 256))
+        np.testing.assert_array_equal(binary, resize_mask(binarize_mask(raw), (256, 256)))
         classes = mask_to_classes(binary)
         np.testing.assert_array_equal(classes_to_mask(classes), binary)
         boundary = (classes == BOUNDARY).sum()

@@ -412,3 +412,65 @@ def test_unrelated_network_is_refused(tmp_path):
     path = _save_foreign(other, tmp_path / "other.safetensors")
     with pytest.raises(WeightsError, match="other.safetensors"):
         load_pretrained(path)
+
+
+class ListsUNet(nn.Module):
+    """Blocks keep convolutions and norms in two lists; head and classifier share one Sequential."""
+
+    def __init__(self, c: int = BASE, num_classes: int = BASE // 2) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Module:
+            module = nn.Module()
+            module.convs = nn.ModuleList([nn.Conv2d(cin, cout, 3, padding=1), nn.Conv2d(cout, cout, 3, padding=1)])
+            module.norms = nn.ModuleList([nn.BatchNorm2d(cout), nn.BatchNorm2d(cout)])
+            return module
+
+        widths = [c, 2 * c, 4 * c, 8 * c]
+        self.down = nn.ModuleList([block(i, o) for i, o in zip([3, *widths[:3]], widths, strict=True)])
+        self.mid = block(8 * c, 16 * c)
+        self.up = nn.ModuleList([nn.ConvTranspose2d(2 * w, w, 2, stride=2, bias=False) for w in reversed(widths)])
+        self.dec = nn.ModuleList([block(2 * w, w) for w in reversed(widths)])
+        self.out = nn.Sequential(
+            nn.Conv2d(c, c // 2, 3, padding=1),
+            nn.BatchNorm2d(c // 2),
+            nn.ReLU(),
+            nn.Conv2d(c // 2, num_classes, 1, bias=False),
+        )
+
+    @staticmethod
+    def run(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        for conv, norm in zip(block.convs, block.norms, strict=True):
+            x = torch.relu(norm(conv(x)))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = self.run(block, x)
+            skips.append(x)
+            x = nn.functional.max_pool2d(x, 2)
+        x = self.run(self.mid, x)
+        for up, block, skip in zip(self.up, self.dec, reversed(skips), strict=True):
+            x = self.run(block, torch.cat([skip, up(x)], 1))
+        return self.out(x)
+
+
+def test_foreign_lists_layout_with_shared_head_sequential(tmp_path):
+    """Conv and norm lists side by side, bias-free upsamplers/classifier, num_classes == base / 2."""
+    foreign = _randomise(ListsUNet(), seed=11)
+    model = load_pretrained(_save_foreign(foreign, tmp_path / "lists.safetensors"))
+    assert model.num_classes == BASE // 2 and model.base_channels == BASE
+    images = _images()
+    assert torch.allclose(_outputs(model, images), _outputs(foreign, images), atol=1e-5)
+
+
+def test_bare_safetensors_of_a_width_4_model(tmp_path):
+    torch.manual_seed(0)
+    ours = _randomise(UNet(base_channels=4), seed=12)
+    path = tmp_path / "bare.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in ours.state_dict().items()}, path)
+    model = load_pretrained(path)
+    assert model.config == ours.config
+    images = _images()
+    assert torch.allclose(_outputs(model, images), _outputs(ours, images), atol=1e-6)

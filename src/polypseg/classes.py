@@ -45,9 +45,10 @@ ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
 def binarize_mask(mask: ArrayOrTensor, threshold: int = MASK_THRESHOLD) -> ArrayOrTensor:
-    """Return a boolean polyp mask: ``True`` where ``mask >= threshold``.
+    """Return a boolean polyp mask: ``True`` where ``mask >= threshold`` (element-wise, any shape).
 
-    Boolean input is returned unchanged; a trailing channel axis (H, W, C) is reduced by its first channel.
+    Boolean input is returned unchanged. A 0/1 integer mask must be converted to bool first: it would
+    binarize to all background.
     """
     if mask.dtype in (np.bool_, torch.bool):
         return mask

@@ -147,11 +147,12 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Binarize a mask at 128, then resize it to ``size`` = (height, width) with nearest neighbour."""
-    binary = binarize_mask(mask).astype(np.uint8)
+    """Binarize a mask at 128, then resize it to ``size`` = (height, width) with nearest neighbour; returns bool."""
+    binary = binarize_mask(mask)
     if binary.shape == size:
         return binary
-    return np.asarray(Image.fromarray(binary).resize((size[1], size[0]), Image.Resampling.NEAREST))
+    resized = Image.fromarray(binary.astype(np.uint8)).resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return np.asarray(resized) > 0
 
 
 @dataclass

@@ -215,100 +215,85 @@ def map_foreign_state_dict(
 ) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
     """Map a same-architecture checkpoint with other tensor names onto our names, by structure.
 
-    Tensors are grouped by module (name minus the last component). Convolutions are recognised by their
-    shapes: a 3x3 block whose first conv maps ``3 -> c`` is encoder stage 0 (which gives the base width
-    ``c``), ``c/2 -> c`` an encoder stage, ``8c -> 16c`` the bottleneck, ``2c -> c`` a decoder stage;
-    a (2c, c, 2, 2) kernel is a transposed-conv upsampler; ``c -> c/2`` with a BatchNorm is the reduction
-    head; a 1x1 conv from ``c/2`` the classifier. Inside a block, convolutions and BatchNorms are paired
-    in natural name order (conv i with BatchNorm i). A bias on a convolution followed by BatchNorm is
-    folded into the BatchNorm's running mean, which gives exactly the same outputs.
+    Neither names nor the order of tensors are trusted (safetensors stores names sorted). Tensors are
+    grouped by module (name minus the last component) and modules into blocks by their parent (a
+    convolution list and a BatchNorm list side by side are merged into their common parent). Roles come
+    from shapes: the classifier is the 1x1 convolution with the narrowest input (``c/2``); the block whose
+    first conv maps ``in -> c`` is encoder stage 0, which fixes the base width ``c`` and the input
+    channels; then ``c/2 -> c`` blocks are encoder stages, ``8c -> 16c`` the bottleneck, ``2c -> c``
+    decoder stages, the single conv ``c -> c/2`` with its BatchNorm the reduction head (any kernel size),
+    and (2c, c, 2, 2) kernels the transposed-conv upsamplers. Inside a block, convolutions and
+    BatchNorms are paired in natural name order (conv i with BatchNorm i). A bias on a convolution
+    followed by BatchNorm is folded into the BatchNorm's running mean, which gives exactly the same
+    outputs; a missing upsampler or classifier bias is zero.
+
+    Shapes cannot tell the order of the decoder's concatenation; like the card, we assume
+    ``cat([skip, upsampled])``.
 
     Returns:
         The architecture arguments and a state dict with our names.
 
     Raises:
-        WeightsError: Naming the first tensor that does not fit.
+        WeightsError: Naming the first tensor (by the file's name) that does not fit.
     """
     modules: dict[str, _Module] = {}
     for name in sorted(tensors, key=_natural_key):
         prefix, leaf = _split_name(name)
         modules.setdefault(prefix, _Module(prefix, {})).tensors[leaf] = (name, tensors[name])
 
-    # Group convs and BNs by their parent (the block); upsamplers and 1x1 convs stand alone.
-    blocks: dict[str, dict[str, list[_Module]]] = defaultdict(lambda: {"conv": [], "bn": []})
+    convs: list[_Module] = []
+    norms: list[_Module] = []
     upsamplers: list[_Module] = []
-    pointwise: list[_Module] = []
     for module in modules.values():
         kind = module.kind
-        parent = _split_name(module.prefix)[0]
-        weight = module.get("weight")
-        if kind == "bn":
-            blocks[parent]["bn"].append(module)
-        elif kind == "conv" and weight is not None and weight.shape[2] == 1 and not _has_bn_sibling(module, modules):
-            pointwise.append(module)
-        elif kind == "conv":
-            blocks[parent]["conv"].append(module)
-        elif kind == "maybe_up":
-            upsamplers.append(module)
-        else:
+        if kind == "other":
             raise WeightsError(f"{source}: tensor '{module.first_name()}' is not part of a U-Net")
+        {"conv": convs, "bn": norms, "maybe_up": upsamplers}[kind].append(module)
 
-    entry = [b for b in blocks.values() if b["conv"] and _conv_io(b["conv"][0])[0] != _conv_io(b["conv"][0])[1]]
-    first_convs = [_conv_io(b["conv"][0]) for b in blocks.values() if b["conv"]]
-    in_candidates = [(cin, cout) for cin, cout in first_convs if cin <= 4]
-    if not entry or len(in_candidates) != 1:
-        raise WeightsError(f"{source}: cannot find the first encoder convolution (3 -> base channels)")
-    in_channels, base = in_candidates[0]
-    widths = [base * 2**i for i in range(4)]
-    roles: dict[tuple[int, int], str] = {(in_channels, base): "encoder.0"}
-    for i in range(1, 4):
-        roles[(widths[i - 1], widths[i])] = f"encoder.{i}"
-    roles[(widths[3], widths[3] * 2)] = "bottleneck"
-    for j, width in enumerate(reversed(widths)):
-        roles[(width * 2, width)] = f"decoder.{j}"
-    roles[(base, base // 2)] = "head"
+    pointwise = sorted((m for m in convs if _kernel(m) == 1), key=lambda m: _conv_io(m)[0])
+    if not pointwise:
+        raise WeightsError(f"{source}: no 1x1 classifier convolution found")
+    classifier = pointwise[0]
+    convs.remove(classifier)
+    blocks = _group_blocks(convs, norms)
 
+    architecture, roles = _infer_roles(blocks, source)
     state: dict[str, torch.Tensor] = {}
-    head_kernel = 3
-    for block in sorted(blocks.values(), key=lambda b: _natural_key(b["conv"][0].prefix if b["conv"] else "")):
-        convs = sorted(block["conv"], key=lambda m: _natural_key(m.prefix))
-        bns = sorted(block["bn"], key=lambda m: _natural_key(m.prefix))
-        if not convs:
-            raise WeightsError(f"{source}: tensor '{bns[0].first_name()}' is a BatchNorm without a convolution")
-        role = roles.get(_conv_io(convs[0]))
-        expected_convs = 1 if role == "head" else 2
-        if role is None or len(convs) != expected_convs or len(bns) != expected_convs:
-            raise WeightsError(f"{source}: tensor '{convs[0].first_name()}' does not fit any block of the U-Net")
+    origin: dict[str, str] = {}
+    for prefix, (block_convs, block_norms) in blocks.items():
+        role = roles[prefix]
         if role == "head":
-            head_kernel = int(convs[0].get("weight").shape[-1])  # type: ignore[union-attr]
-        for index, (conv, bn) in enumerate(zip(convs, bns, strict=True)):
-            conv_name = f"{role}.{3 * index}" if role != "head" else "head.0"
-            bn_name = f"{role}.{3 * index + 1}" if role != "head" else "head.1"
-            _put_conv_bn(state, conv, bn, conv_name, bn_name, source)
+            architecture["head_kernel_size"] = _kernel(block_convs[0])
+        for index, (conv, bn) in enumerate(zip(block_convs, block_norms, strict=True)):
+            if role == "head":
+                conv_name, bn_name = "head.0", "head.1"
+            else:
+                conv_name, bn_name = f"{role}.{3 * index}", f"{role}.{3 * index + 1}"
+            _put_conv_bn(state, origin, conv, bn, conv_name, bn_name, source)
 
-    upsamplers.sort(key=lambda m: -m.get("weight").shape[0])  # type: ignore[union-attr]
+    upsamplers.sort(key=lambda m: -_conv_io(m)[1])  # a transposed conv's weight is (in, out, 2, 2)
     if len(upsamplers) != 4:
         name = upsamplers[4].first_name() if len(upsamplers) > 4 else "(none)"
         raise WeightsError(f"{source}: expected 4 transposed-conv upsamplers, found {len(upsamplers)} ({name})")
-    for j, (module, width) in enumerate(zip(upsamplers, reversed(widths), strict=True)):
-        weight, bias = module.get("weight"), module.get("bias")
-        if weight.shape != (width * 2, width, 2, 2) or bias is None:  # type: ignore[union-attr]
-            raise WeightsError(f"{source}: tensor '{module.first_name()}' does not fit upsampler {j}")
-        state[f"upsample.{j}.weight"], state[f"upsample.{j}.bias"] = weight, bias  # type: ignore[assignment]
-    if len(pointwise) != 1:
-        raise WeightsError(f"{source}: expected one 1x1 classifier convolution, found {len(pointwise)}")
-    classifier = pointwise[0]
-    weight, bias = classifier.get("weight"), classifier.get("bias")
-    if weight.shape[1] != base // 2 or bias is None:  # type: ignore[union-attr]
-        raise WeightsError(f"{source}: tensor '{classifier.first_name()}' does not fit the classifier")
-    state["classifier.weight"], state["classifier.bias"] = weight, bias  # type: ignore[assignment]
-    architecture = {
-        "in_channels": in_channels,
-        "num_classes": int(weight.shape[0]),  # type: ignore[union-attr]
-        "base_channels": base,
-        "head_kernel_size": head_kernel,
-    }
+    for j, module in enumerate(upsamplers):
+        _put_with_bias(state, origin, module, f"upsample.{j}", out_axis=1)
+    _put_with_bias(state, origin, classifier, "classifier", out_axis=0)
+    architecture["num_classes"] = _conv_io(classifier)[1]
+
+    expected = UNet(**architecture).state_dict()
+    for key, value in expected.items():
+        if key in state and state[key].shape != value.shape:
+            raise WeightsError(
+                f"{source}: tensor '{origin[key]}' has shape {tuple(state[key].shape)}, but at its place "
+                f"({key}) a U-Net of width {architecture['base_channels']} needs {tuple(value.shape)}"
+            )
     return architecture, state
+
+
+def _kernel(module: _Module) -> int:
+    weight = module.get("weight")
+    assert weight is not None
+    return int(weight.shape[-1])
 
 
 def _conv_io(module: _Module) -> tuple[int, int]:
@@ -317,17 +302,75 @@ def _conv_io(module: _Module) -> tuple[int, int]:
     return int(weight.shape[1]), int(weight.shape[0])
 
 
-def _has_bn_sibling(module: _Module, modules: dict[str, _Module]) -> bool:
-    """Whether a BatchNorm of the conv's output width sits beside it (the conv is then not the classifier)."""
-    parent, out_channels = _split_name(module.prefix)[0], _conv_io(module)[1]
-    return any(
-        m.kind == "bn" and _split_name(m.prefix)[0] == parent and m.get("running_mean").shape[0] == out_channels  # type: ignore[union-attr]
-        for m in modules.values()
-    )
+def _group_blocks(convs: list[_Module], norms: list[_Module]) -> dict[str, tuple[list[_Module], list[_Module]]]:
+    """Group convs and BatchNorms by parent; a parent holding only one of the two is merged into its parent."""
+    groups: dict[str, tuple[list[_Module], list[_Module]]] = defaultdict(lambda: ([], []))
+    for module in convs:
+        groups[_split_name(module.prefix)[0]][0].append(module)
+    for module in norms:
+        groups[_split_name(module.prefix)[0]][1].append(module)
+    merged: dict[str, tuple[list[_Module], list[_Module]]] = defaultdict(lambda: ([], []))
+    for parent, (group_convs, group_norms) in groups.items():
+        key = parent if group_convs and group_norms else _split_name(parent)[0]
+        merged[key][0].extend(group_convs)
+        merged[key][1].extend(group_norms)
+    return {
+        key: (sorted(c, key=lambda m: _natural_key(m.prefix)), sorted(n, key=lambda m: _natural_key(m.prefix)))
+        for key, (c, n) in sorted(merged.items(), key=lambda item: _natural_key(item[0]))
+    }
+
+
+def _infer_roles(
+    blocks: dict[str, tuple[list[_Module], list[_Module]]], source: str | Path
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Find the entry block (in -> c) for which every block gets exactly one role."""
+    for convs, norms in blocks.values():
+        if not convs:
+            raise WeightsError(f"{source}: tensor '{norms[0].first_name()}' is a BatchNorm without a convolution")
+    first = {prefix: _conv_io(convs[0]) for prefix, (convs, _) in blocks.items()}
+    failure = ""
+    for in_channels, base in sorted(set(first.values()), key=lambda io: io[1]):
+        if base % 2:
+            continue
+        widths = [base * 2**i for i in range(4)]
+        by_io = {(in_channels, base): "encoder.0", (widths[3], widths[3] * 2): "bottleneck", (base, base // 2): "head"}
+        by_io.update({(widths[i - 1], widths[i]): f"encoder.{i}" for i in range(1, 4)})
+        by_io.update({(w * 2, w): f"decoder.{j}" for j, w in enumerate(reversed(widths))})
+        roles = {prefix: by_io.get(io, "") for prefix, io in first.items()}
+        unfit = [
+            prefix
+            for prefix, role in roles.items()
+            if not role
+            or len(blocks[prefix][0]) != (1 if role == "head" else 2)
+            or len(blocks[prefix][1]) != len(blocks[prefix][0])
+        ]
+        if not unfit and sorted(roles.values()) == sorted(by_io.values()):
+            return {"in_channels": in_channels, "base_channels": base, "head_kernel_size": 3}, roles
+        if unfit and not failure:
+            failure = blocks[unfit[0]][0][0].first_name()
+    detail = f"; tensor '{failure}' does not fit any block" if failure else ""
+    raise WeightsError(f"{source}: the tensors do not form a U-Net of the card's architecture{detail}")
+
+
+def _put_with_bias(
+    state: dict[str, torch.Tensor], origin: dict[str, str], module: _Module, name: str, out_axis: int
+) -> None:
+    weight = module.get("weight")
+    assert weight is not None
+    bias = module.get("bias")
+    state[f"{name}.weight"] = weight
+    state[f"{name}.bias"] = bias if bias is not None else torch.zeros(weight.shape[out_axis], dtype=weight.dtype)
+    origin[f"{name}.weight"] = origin[f"{name}.bias"] = module.tensors["weight"][0]
 
 
 def _put_conv_bn(
-    state: dict[str, torch.Tensor], conv: _Module, bn: _Module, conv_name: str, bn_name: str, source: str | Path
+    state: dict[str, torch.Tensor],
+    origin: dict[str, str],
+    conv: _Module,
+    bn: _Module,
+    conv_name: str,
+    bn_name: str,
+    source: str | Path,
 ) -> None:
     weight = conv.get("weight")
     assert weight is not None
@@ -341,6 +384,9 @@ def _put_conv_bn(
     if conv_bias is not None:
         # BN(x + b) with mean m equals BN(x) with mean m - b, in training and in eval mode.
         running_mean = running_mean - conv_bias.to(running_mean.dtype)  # type: ignore[operator]
+    origin[f"{conv_name}.weight"] = conv.tensors["weight"][0]
+    for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        origin[f"{bn_name}.{leaf}"] = f"{bn.prefix}.{leaf}"
     state[f"{conv_name}.weight"] = weight
     state[f"{bn_name}.weight"] = bn_tensors["weight"]  # type: ignore[assignment]
     state[f"{bn_name}.bias"] = bn_tensors["bias"]  # type: ignore[assignment]
