@@ -14,6 +14,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 DEFAULT_DATA = "../shared/datasets/kvasir-seg"
+WEIGHTS_HELP = "weights folder, .safetensors, run folder or hf://OWNER/REPO[@REVISION] (default: bundled)"
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +52,10 @@ def _train(args: argparse.Namespace) -> int:
     from polypseg.data import parse_split_sizes
     from polypseg.training import train
 
-    config = load_config(args.config) if args.config else TrainConfig()
+    if args.resume and args.config is None and (args.out / "config.yaml").is_file():
+        config = load_config(args.out / "config.yaml")  # the run's own: only --epochs may change on resume
+    else:
+        config = load_config(args.config) if args.config else TrainConfig()
     devices = args.devices
     if devices is not None and devices.isdigit():
         devices = int(devices)
@@ -75,26 +79,37 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
     print(f"best {config.monitor} {score}; weights in {result.best_dir}")
+    if (result.run_dir / "metrics.csv").exists():
+        from polypseg.reports import plot_training_curves
+
+        print(f"wrote {plot_training_curves(result.run_dir / 'metrics.csv', result.run_dir / 'training_curves.png')}")
     return 0
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="score weights on a split of a dataset folder")
-    parser.add_argument(
-        "--weights", default=None, help="weights folder, .safetensors, or run folder (default: bundled)"
-    )
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="folder with images/ and masks/")
     parser.add_argument("--split", default="test", help="train, val, test or all (default: test)")
     parser.add_argument("--splits", type=Path, default=None, help="splits.json (default: the run's, or the seeded one)")
     parser.add_argument("--out", type=Path, default=None, help="folder for metrics.json and per_image.csv")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--overwrite", action="store_true", help="replace existing reports in --out")
+    parser.add_argument(
+        "--report", action="store_true", help="also write dice_histogram.png and worst_cases.png into --out"
+    )
     parser.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from polypseg.evaluation import format_table, run_evaluation
 
+    if args.report:
+        from polypseg.reports import EVALUATION_FIGURES, refuse_existing
+
+        if args.out is None:
+            raise ValueError("--report needs --out (the folder for the figures)")
+        refuse_existing(args.out, EVALUATION_FIGURES, args.overwrite)
     report = run_evaluation(
         args.weights,
         args.data,
@@ -107,15 +122,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_table(report))
     if args.out is not None:
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'per_image.csv'}")
+    if args.report:
+        from polypseg.reports import write_evaluation_figures
+
+        for path in write_evaluation_figures(report, args.weights, args.data, args.out):
+            print(f"wrote {path}")
     return 0
 
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("predict", help="segment images: masks, overlays and predictions.csv")
-    parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    parser.add_argument(
-        "--weights", default=None, help="weights folder, .safetensors, or run folder (default: bundled)"
-    )
+    parser = subparsers.add_parser("predict", help="segment images (masks, overlays, predictions.csv) and videos")
+    parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns; video files (.mp4 ...)")
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -132,24 +150,41 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_predict(weights: str | None, inputs: Sequence[str], args: argparse.Namespace) -> int:
     from polypseg.inference import Predictor, predict_files, print_result
+    from polypseg.video import predict_videos, print_video_result, split_video_inputs
 
     predictor = Predictor.from_pretrained(
         weights, precision=args.precision, min_polyp_fraction=args.min_polyp_area / 100.0
     )
-    summary = predict_files(
-        predictor,
-        inputs,
-        args.out,
-        overwrite=args.overwrite,
-        batch_size=args.batch_size,
-        opacity=args.opacity,
-        on_result=print_result,
-    )
-    print(
-        f"{len(summary.rows)} images segmented into {args.out}/ (predictions.csv)"
-        + (f"; {len(summary.errors)} failed" if summary.errors else "")
-    )
-    return 0 if summary.ok else 1
+    videos, inputs = split_video_inputs(inputs)
+    ok = True
+    if inputs or not videos:
+        summary = predict_files(
+            predictor,
+            inputs,
+            args.out,
+            overwrite=args.overwrite,
+            batch_size=args.batch_size,
+            opacity=args.opacity,
+            on_result=print_result,
+        )
+        print(
+            f"{len(summary.rows)} images segmented into {args.out}/ (predictions.csv)"
+            + (f"; {len(summary.errors)} failed" if summary.errors else "")
+        )
+        ok = summary.ok
+    if videos:
+        done, errors = predict_videos(
+            predictor,
+            videos,
+            args.out,
+            overwrite=args.overwrite,
+            batch_size=args.batch_size,
+            opacity=args.opacity,
+            on_result=print_video_result,
+        )
+        print(f"{len(done)} videos segmented into {args.out}/" + (f"; {len(errors)} failed" if errors else ""))
+        ok = ok and not errors
+    return 0 if ok else 1
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -161,13 +196,157 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weights", default=None, help="weights (default: bundled)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--web", action="store_true", help="serve a web page instead (needs polypseg[demo])")
+    parser.add_argument("--host", default="127.0.0.1", help="--web: interface to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="--web: port (default: 7860)")
     parser.set_defaults(handler=_demo, batch_size=4, precision="auto", opacity=0.4, min_polyp_area=0.1)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from polypseg.weights import bundled_examples_dir
 
+    if args.web:
+        from polypseg.webdemo import serve
+
+        serve(args.weights, host=args.host, port=args.port)
+        return 0
     return _run_predict(args.weights, [str(bundled_examples_dir())], args)
+
+
+def _add_card(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("card", help="write a model card (README.md with Hub metadata) for weights")
+    parser.add_argument("--weights", required=True, help="run folder, weights folder, .safetensors or hf://OWNER/REPO")
+    parser.add_argument("--metrics", type=Path, default=None, help="metrics.json of polypseg evaluate on these weights")
+    parser.add_argument("--repo", default=None, help="OWNER/REPO the card is for (title and usage examples)")
+    parser.add_argument("--out", type=Path, default=None, help="file to write, e.g. README.md (default: print it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.set_defaults(handler=_card)
+
+
+def _card(args: argparse.Namespace) -> int:
+    from polypseg.hub import model_card
+    from polypseg.io import atomic_write_text
+
+    if args.out is not None and args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out}: exists; pass --overwrite to replace it")
+    text = model_card(args.weights, args.metrics, repo_id=args.repo)
+    if args.out is None:
+        print(text, end="")
+    else:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _add_push(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("push", help="upload weights, config.json and a model card to the Hugging Face Hub")
+    parser.add_argument("--weights", required=True, help="weights folder, .safetensors or run folder")
+    parser.add_argument("--repo", required=True, help="OWNER/REPO on the Hub (created if missing)")
+    parser.add_argument("--metrics", type=Path, default=None, help="metrics.json of polypseg evaluate, for the card")
+    parser.add_argument("--card", type=Path, default=None, help="upload this file as README.md instead of a new card")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument(
+        "--branch", "--revision", dest="revision", metavar="BRANCH", help="branch to commit to (default: main)"
+    )
+    parser.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN or login)")
+    parser.add_argument("--message", default=None, help="commit message")
+    parser.set_defaults(handler=_push)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from polypseg.hub import push_to_hub
+
+    url = push_to_hub(
+        args.weights,
+        args.repo,
+        metrics_json=args.metrics,
+        card=args.card,
+        private=args.private,
+        revision=args.revision,
+        token=args.token,
+        commit_message=args.message,
+    )
+    print(f"pushed to {url}")
+    return 0
+
+
+def _add_data(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="datasets: download")
+    actions = parser.add_subparsers(dest="data_command", required=True, metavar="{download}")
+    download = actions.add_parser("download", help="download and unpack a dataset (Kvasir-SEG)")
+    download.add_argument("dataset", choices=["kvasir-seg"])
+    download.add_argument("--dest", type=Path, required=True, help="folder to put kvasir-seg/ in")
+    download.add_argument("--url", default=None, help="archive URL (default: the official kvasir-seg.zip)")
+    download.add_argument("--sha256", default=None, help="expected SHA-256 of the archive (default: not verified)")
+    download.add_argument("--force", action="store_true", help="replace an existing DEST/kvasir-seg")
+    download.set_defaults(handler=_data_download)
+
+
+def _data_download(args: argparse.Namespace) -> int:
+    from polypseg.download import DATASETS, KVASIR_SEG_NOTICE, download_kvasir_seg
+
+    url = args.url or DATASETS[args.dataset]
+    result = download_kvasir_seg(args.dest, url=url, sha256=args.sha256, force=args.force)
+    print(f"{result.pairs} image/mask pairs in {result.path}")
+    if not result.verified:
+        print(f"note: not checksum-verified (pass --sha256 to verify); the archive's SHA-256 was {result.sha256}")
+    print(KVASIR_SEG_NOTICE)
+    return 0
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="export weights to ONNX or OpenVINO, with a parity check")
+    parser.add_argument(
+        "--weights", default=None, help="weights folder, .safetensors, or run folder (default: bundled)"
+    )
+    parser.add_argument("--format", choices=["onnx", "openvino"], required=True)
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--int8", action="store_true", help="also write an NNCF int8 model (OpenVINO)")
+    parser.add_argument(
+        "--calibration", default=None, help="folder of images for int8 calibration (default: training images of --data)"
+    )
+    parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="dataset for default calibration")
+    parser.add_argument(
+        "--parity-images", nargs="*", default=(), help="images for the parity check (default: examples)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    parser.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from polypseg.export import calibration_paths, export_model
+
+    calibration = calibration_paths(args.calibration, args.data, args.weights) if args.int8 else []
+    report = export_model(
+        args.weights,
+        args.format,
+        args.out,
+        parity_images=args.parity_images,
+        calibration_images=calibration,
+        overwrite=args.overwrite,
+    )
+    for path in report.files:
+        print(f"wrote {path}")
+    for parity in report.parity:
+        print(f"parity with PyTorch fp32, {parity}")
+    return 0
+
+
+def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("benchmark", help="speed and memory of every backend, side by side")
+    parser.add_argument("--quick", action="store_true", help="fewer cases, about two minutes")
+    parser.add_argument("--seconds", type=float, default=None, help="minimum timing per case")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.set_defaults(handler=_benchmark)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from polypseg.benchmark import format_results, run_benchmark
+
+    print(format_results([]))
+    results = run_benchmark(quick=args.quick, seconds=args.seconds, out=args.out)
+    print("ratios: inference to PyTorch eager fp32 (same width and batch); training to training fp32")
+    return 0 if all(result.error is None for result in results) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(subparsers)
     _add_predict(subparsers)
     _add_demo(subparsers)
+    _add_export(subparsers)
+    _add_benchmark(subparsers)
+    _add_card(subparsers)
+    _add_push(subparsers)
+    _add_data(subparsers)
     return parser
 
 
@@ -186,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:  # ImportError: an optional extra is not installed
         print(f"polypseg {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -58,19 +58,26 @@ class Sample:
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
-    return {
-        path.stem: path
-        for path in sorted(folder.iterdir())
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-    }
+    """Image files of ``folder`` by stem; hidden files and other suffixes (``Thumbs.db``, notes) are skipped."""
+    images: dict[str, Path] = {}
+    clashes: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if not (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")):
+            continue
+        if path.stem in images:
+            clashes.append(f"{path}: same name as {images[path.stem].name}; keep only one of them")
+        images[path.stem] = path
+    if clashes:
+        raise DatasetError("\n".join(clashes))
+    return images
 
 
 def find_pairs(data_dir: str | Path) -> list[Sample]:
     """List the image/mask pairs of a dataset folder, sorted by name.
 
     Raises:
-        DatasetError: The folder, ``images/`` or ``masks/`` is missing, holds no images, or an image
-            has no mask (every missing mask is named).
+        DatasetError: The folder, ``images/`` or ``masks/`` is missing, holds no images, two files share
+            a name (``a.jpg`` and ``a.png``), or an image has no mask (every missing mask is named).
     """
     data_dir = Path(data_dir)
     images_dir, masks_dir = data_dir / "images", data_dir / "masks"

@@ -190,8 +190,18 @@ class Predictor:
         return self.predict_batch([image])[0]
 
 
+def _is_visible_image(path: Path, folder: Path) -> bool:
+    """An image file not hidden under ``folder`` (no ``.DS_Store``, ``._x.jpg`` or ``.cache/`` entries)."""
+    hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+    return not hidden and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
 def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
-    """Files, folders (recursively, image suffixes only) and glob patterns -> image paths, and problems.
+    """Files, folders and glob patterns -> image paths, and problems.
+
+    A folder is searched recursively for files with an image suffix; hidden files and folders (names
+    starting with ".", such as macOS ``._IMG.jpg`` resource forks) are skipped. Files named explicitly
+    are always used.
 
     Returns:
         The paths in a stable order (duplicates removed) and one-line messages for inputs that match nothing.
@@ -202,7 +212,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if _is_visible_image(p, path))
             if not found:
                 problems.append(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             paths.extend(found)

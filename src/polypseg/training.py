@@ -8,6 +8,15 @@
     RUN_DIR/best/            weights folder of the best epoch (by ``config.monitor``)
     RUN_DIR/checkpoints/last.ckpt   resumable Lightning checkpoint (config inside)
 
+Crash safety: ``last.ckpt`` is saved at the end of every epoch, after the epoch's ``metrics.csv`` row,
+``best/`` and learning-rate step (:class:`LastCheckpoint`); it is written to a temporary file beside
+it, flushed to disk and renamed (:class:`AtomicCheckpointIO`). ``best/`` is written as a new folder
+that replaces the old one (:func:`polypseg.io.atomic_write_folder`). A run killed at any moment
+therefore resumes (``resume=True``) at the start of the epoch it was in (from the beginning if it was
+killed in its first epoch). Batch order and augmentation depend only on the seed and the epoch number,
+so the resumed run repeats exactly what the uninterrupted run would have done (bit for bit with
+``deterministic: true``).
+
 :func:`evaluate` scores a model on cached pairs with the same LightningModule's test step.
 """
 
@@ -24,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from polypseg.classes import CLASS_NAMES, NUM_CLASSES, classes_to_mask, mask_to_classes
 from polypseg.config import TrainConfig, save_config
@@ -42,21 +53,104 @@ from polypseg.data import (
     save_splits,
 )
 from polypseg.hardware import resolve_precision
-from polypseg.io import atomic_write_text
+from polypseg.io import (
+    atomic_save,
+    atomic_write_folder,
+    atomic_write_text,
+    recover_folder,
+    remove_stale_temporaries,
+)
 from polypseg.losses import CombinedLoss, soft_dice_per_class
 from polypseg.metrics import SegmentationMetrics, binary_image_scores, class_counts, ratio
 from polypseg.model import UNet
 from polypseg.weights import save_pretrained
 
 __all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "EpochShuffleSampler",
     "EvaluationResult",
+    "LastCheckpoint",
     "SegmentationModule",
     "TrainResult",
     "evaluate",
+    "load_checkpoint",
     "train",
 ]
 
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
+
+
+class CheckpointError(ValueError):
+    """A Lightning checkpoint that cannot be resumed from; the message names the file."""
+
+
+def _derived_seed(*values: int) -> int:
+    """A well-mixed 63-bit seed from integers (stable across Python versions and processes)."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written crash-safely and read back without unpickling code.
+
+    ``save_checkpoint`` writes to a temporary file in the checkpoint's own folder, flushes it to disk and
+    renames it over the old checkpoint, so ``last.ckpt`` is always a complete checkpoint (Lightning's own
+    writer stages in the system temp folder and moves the file, which is a copy when /tmp is another
+    disk). ``load_checkpoint`` uses ``torch.load(weights_only=True)`` (tensors and plain containers only)
+    and turns a damaged or truncated file into a :class:`CheckpointError` naming it.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        atomic_save(Path(path), lambda temporary: torch.save(checkpoint, temporary), durable=True)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
+        return load_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Read a Lightning checkpoint of a polypseg run (``weights_only``: nothing but tensors and plain data).
+
+    Raises:
+        CheckpointError: The file is missing, truncated, damaged or holds more than tensors and plain data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as error:  # noqa: BLE001 - torch.load raises many types on damaged files
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        raise CheckpointError(
+            f"{path}: damaged or incomplete checkpoint, cannot resume from it ({detail}); "
+            "start a new run or restore the file"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint of a polypseg run")
+    return checkpoint
+
+
+class EpochShuffleSampler(RandomSampler):
+    """Shuffles anew in every epoch, as a function of ``(seed, epoch)`` only.
+
+    A resumed run therefore sees the same batches as an uninterrupted one (a generator that is drawn
+    from epoch after epoch would restart its sequence on resume). Lightning calls :meth:`set_epoch`
+    before every epoch; under DDP it replaces this sampler by a ``DistributedSampler``, which is keyed
+    by (seed, epoch) the same way.
+    """
+
+    def __init__(self, data_source: Any, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.epoch))
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 class _IndexedPairs(TensorPairDataset):
@@ -87,6 +181,8 @@ class SegmentationModule(L.LightningModule):
         self.test_names: list[str] = []
         self._loss_sum = 0.0
         self._loss_images = 0
+        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._plateau_state: dict[str, Any] | None = None
         self._channels_last()
 
     def _channels_last(self) -> None:
@@ -96,6 +192,12 @@ class SegmentationModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, 3, H, W) of images (B, 3, H, W) in [0, 1]."""
         return self.model(images)
+
+    def on_train_epoch_start(self) -> None:
+        if self.augmentation is not None:
+            # Augmentation draws from torch's global generator: key it to (seed, epoch, rank) so that a
+            # resumed run augments exactly like an uninterrupted one.
+            torch.manual_seed(_derived_seed(self.config.seed, self.current_epoch, self.global_rank))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 images/masks -> float images in [0, 1] (augmented when training) and class targets."""
@@ -136,6 +238,25 @@ class SegmentationModule(L.LightningModule):
         for name in CLASS_NAMES:
             self.log(f"val_dice_{name}", scores[f"dice_{name}"], sync_dist=True)
 
+    def on_validation_end(self) -> None:
+        # ReduceLROnPlateau is stepped here rather than by Lightning, which steps it after the epoch's
+        # checkpoint and skips that step when resuming: a resumed run would lose one plateau step.
+        if (
+            self._plateau is not None
+            and not self.trainer.sanity_checking
+            and "val_loss" in self.trainer.callback_metrics
+        ):
+            self._plateau.step(float(self.trainer.callback_metrics["val_loss"]))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._plateau is not None:
+            checkpoint["plateau_scheduler"] = self._plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._plateau_state = checkpoint.get("plateau_scheduler")
+        if self._plateau is not None and self._plateau_state is not None:  # optimizers already configured
+            self._plateau.load_state_dict(self._plateau_state)
+
     def on_test_epoch_start(self) -> None:
         self.test_rows, self._loss_sum, self._loss_images = [], 0.0, 0
 
@@ -166,17 +287,16 @@ class SegmentationModule(L.LightningModule):
         config = self.config
         optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         if config.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer,
                 mode="min",
                 factor=config.plateau_factor,
                 patience=config.plateau_patience,
                 min_lr=config.min_lr,
             )
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"},
-            }
+            if self._plateau_state is not None:
+                self._plateau.load_state_dict(self._plateau_state)
+            return optimizer  # stepped in on_validation_end
         warmup, total = config.warmup_epochs, max(config.epochs, 1)
         floor = config.min_lr / config.lr
 
@@ -191,7 +311,11 @@ class SegmentationModule(L.LightningModule):
 
 
 class BestWeightsExporter(Callback):
-    """Write ``best/`` (safetensors + config.json) whenever the monitored validation metric improves."""
+    """Write ``best/`` (safetensors + config.json) whenever the monitored validation metric improves.
+
+    The folder is replaced as a whole (:func:`polypseg.io.atomic_write_folder`), so its weights and its
+    config always come from the same epoch, even if the process is killed while writing.
+    """
 
     def __init__(self, folder: Path, monitor: str, metadata: dict[str, Any]) -> None:
         self.folder, self.monitor, self.metadata = folder, monitor, metadata
@@ -208,18 +332,12 @@ class BestWeightsExporter(Callback):
             return
         self.best = current
         metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-        save_pretrained(
-            pl_module.model,
-            self.folder,
-            metadata={
-                **self.metadata,
-                "training": {
-                    **self.metadata.get("training", {}),
-                    "epoch": trainer.current_epoch,
-                    "val_metrics": metrics,
-                },
-            },
-        )
+        metadata = {
+            **self.metadata,
+            "training": {**self.metadata.get("training", {}), "epoch": trainer.current_epoch, "val_metrics": metrics},
+        }
+        with atomic_write_folder(self.folder) as staging:
+            save_pretrained(pl_module.model, staging, metadata=metadata)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -228,8 +346,41 @@ class BestWeightsExporter(Callback):
         self.best = state_dict.get("best")
 
 
+class LastCheckpoint(Callback):
+    """Save ``last.ckpt`` at the end of every training epoch (after validation).
+
+    Listed after :class:`EpochCSVLogger`, it runs after the epoch's ``metrics.csv`` row is written; the
+    learning-rate schedulers have stepped already (Lightning steps epoch schedulers after the last batch,
+    and :class:`SegmentationModule` steps ReduceLROnPlateau itself at the end of validation). Lightning's
+    ``ModelCheckpoint(save_top_k=0, save_last=True)`` never saves during training, so it is not used.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.saved_step = -1
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step == self.saved_step:  # Lightning repeats this hook when it resumes here
+            return
+        self.saved_step = trainer.global_step  # before saving: it is part of the saved state
+        trainer.save_checkpoint(self.path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"saved_step": self.saved_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.saved_step = int(state_dict.get("saved_step", -1))
+
+
 class EpochCSVLogger(Callback):
-    """One row per epoch in ``metrics.csv`` (rewritten atomically; rows of later epochs dropped on resume)."""
+    """One row per epoch in ``metrics.csv`` (rewritten atomically; rows of later epochs dropped on resume).
+
+    It runs before the epoch's checkpoint is saved (Lightning calls checkpoint callbacks last), so the
+    file never lacks the row of an epoch that a resumed run will not repeat.
+    """
 
     COLUMNS = (
         "epoch",
@@ -245,19 +396,23 @@ class EpochCSVLogger(Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._start = time.perf_counter()
+        self._lr = math.nan
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
+        # The epoch's own learning rate: epoch schedulers step before the epoch-end hooks run.
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        # Lightning repeats this hook, without metrics, when it resumes from an end-of-epoch checkpoint.
+        if not trainer.is_global_zero or "val_loss" not in trainer.callback_metrics:
             return
         metrics = trainer.callback_metrics
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
         for column in self.COLUMNS[1:-2]:
             key = "train_loss_epoch" if column == "train_loss" else column
             row[column] = f"{float(metrics[key]):.6f}" if key in metrics else ""
-        row["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}"
+        row["lr"] = f"{self._lr:.3g}"
         row["seconds"] = f"{time.perf_counter() - self._start:.1f}"
         rows = []
         if self.path.exists():
@@ -291,6 +446,7 @@ def _quiet_lightning() -> None:
 def _trainer(config: TrainConfig, run_dir: Path | None, callbacks: list[Callback], **kwargs: Any) -> L.Trainer:
     _quiet_lightning()
     return L.Trainer(
+        plugins=[AtomicCheckpointIO()],
         accelerator=config.accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,
@@ -306,14 +462,13 @@ def _trainer(config: TrainConfig, run_dir: Path | None, callbacks: list[Callback
 
 
 def _loader(pairs: CachedPairs, config: TrainConfig, shuffle: bool) -> DataLoader:
-    generator = torch.Generator().manual_seed(config.seed)
+    dataset = _IndexedPairs(pairs)
     return DataLoader(
-        _IndexedPairs(pairs),
+        dataset,
         batch_size=config.batch_size,
-        shuffle=shuffle,
+        sampler=EpochShuffleSampler(dataset, config.seed) if shuffle else None,
         drop_last=False,
         num_workers=config.num_workers,
-        generator=generator if shuffle else None,
     )
 
 
@@ -340,20 +495,35 @@ def train(
         config: The run's configuration (``configs/seed.yaml`` is the card's).
         data_dir: Folder with ``images/`` and ``masks/`` (``None``: ``config.data_dir``, e.g. on resume).
         run_dir: Output folder. Must be new or empty unless ``resume``.
-        resume: Continue from ``RUN_DIR/checkpoints/last.ckpt`` with the run's saved config and split.
+        resume: Continue from ``RUN_DIR/checkpoints/last.ckpt`` with the run's saved config and split
+            (for example after the process was killed). Only resume run folders you made: the checkpoint
+            is read with ``torch.load(weights_only=True)``, but it is still a pickle.
         splits_file: Use this ``splits.json`` instead of a fresh seeded split.
         max_steps: Stop after this many optimizer steps (-1: run all epochs); for tests and smoke runs.
 
     Returns:
         Where the best weights are and their validation score.
+
+    Raises:
+        DatasetError: An image or mask cannot be used (all are named) - before anything is written.
+        CheckpointError: On resume, ``last.ckpt`` is damaged or truncated.
     """
     from polypseg.config import load_config
 
     run_dir = Path(run_dir)
     last = run_dir / LAST_CHECKPOINT
     if resume:
-        if not last.exists():
-            raise FileNotFoundError(f"{last}: no checkpoint to resume from")
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"{last}: no checkpoint to resume from ({run_dir} holds no run)")
+        if _process_rank() == 0:
+            # Leftovers of a process killed while saving: temporary files and a half-swapped best/.
+            remove_stale_temporaries(last.parent)
+            remove_stale_temporaries(run_dir)
+            recover_folder(run_dir / "best")
+        if last.exists():
+            load_checkpoint(last, mmap=True)  # a damaged checkpoint is reported before the data are loaded
+        else:
+            warnings.warn(f"{last}: no checkpoint yet; the run starts again from its first epoch", stacklevel=2)
         saved = load_config(run_dir / "config.yaml")
         # Only the length of the run may change on resume; everything else is the run's own.
         config = saved.updated(epochs=config.epochs if config.epochs != saved.epochs else None)
@@ -364,7 +534,6 @@ def train(
     if data_dir is None:
         raise ValueError("no dataset folder given (--data)")
     config = config.updated(data_dir=str(data_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     samples = find_pairs(data_dir)
@@ -378,6 +547,8 @@ def train(
     pairs = load_pairs([s for s in samples if s.name in wanted], config.image_size)
     if not splits["train"] or not splits["val"]:
         raise ValueError("the split has no training or no validation images")
+    # Only now, with every image and mask decoded, is anything written.
+    run_dir.mkdir(parents=True, exist_ok=True)
     if _process_rank() == 0:
         save_config(config, run_dir / "config.yaml")
         save_splits(splits, run_dir / "splits.json")
@@ -393,20 +564,22 @@ def train(
         },
     }
     exporter = BestWeightsExporter(run_dir / "best", config.monitor, metadata)
-    callbacks: list[Callback] = [
-        exporter,
-        EpochCSVLogger(run_dir / "metrics.csv"),
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
-    ]
+    callbacks: list[Callback] = [exporter, EpochCSVLogger(run_dir / "metrics.csv"), LastCheckpoint(last)]
     trainer = _trainer(
-        config, run_dir, callbacks, max_epochs=config.epochs, max_steps=max_steps, num_sanity_val_steps=0
+        config,
+        run_dir,
+        callbacks,
+        max_epochs=config.epochs,
+        max_steps=max_steps,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,  # LastCheckpoint does it
     )
     module = SegmentationModule(config.to_dict())
     trainer.fit(
         module,
         train_dataloaders=_loader(pairs.subset(splits["train"]), config, shuffle=True),
         val_dataloaders=_loader(pairs.subset(splits["val"]), config, shuffle=False),
-        ckpt_path=str(last) if resume else None,
+        ckpt_path=str(last) if resume and last.exists() else None,
     )
     return TrainResult(run_dir, run_dir / "best", exporter.best, trainer.current_epoch, trainer.is_global_zero)
 

@@ -98,10 +98,15 @@ def save_pretrained(
 def resolve_weights(path: str | Path | None) -> Path:
     """Turn a user's ``--weights`` into a weights folder or file.
 
-    ``None`` is the bundled model; a training run folder resolves to its ``best/``.
+    ``None`` is the bundled model; a training run folder resolves to its ``best/``;
+    ``hf://OWNER/REPO[@REVISION]`` is downloaded into the Hugging Face cache (see :mod:`polypseg.hub`).
     """
     if path is None:
         return bundled_weights_dir()
+    if isinstance(path, str) and path.startswith("hf://"):
+        from polypseg.hub import download_weights  # hub stands on this module: imported only when needed
+
+        return download_weights(path)
     path = Path(path)
     if path.is_dir() and not (path / WEIGHTS_NAME).exists() and (path / "best" / WEIGHTS_NAME).exists():
         return path / "best"
@@ -115,14 +120,26 @@ def read_model_config(path: str | Path | None = None) -> dict[str, Any]:
     if not config_path.exists():
         return {}
     try:
-        config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{config_path}: not valid JSON ({error})") from None
+        if config_path.stat().st_size > 10_000_000:
+            raise ValueError("larger than 10 MB")
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8
+        raise WeightsError(f"{config_path}: not valid JSON ({' '.join(str(error).split())[:200]})") from None
     if not isinstance(config, dict):
         raise WeightsError(f"{config_path}: must hold a JSON object")
+
+    def is_int(value: Any, minimum: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
     for key in ARCHITECTURE_KEYS:
-        if key in config and (not isinstance(config[key], int) or config[key] < 1):
+        if key in config and not is_int(config[key], 1):
             raise WeightsError(f"{config_path}: '{key}' must be a positive integer, got {config[key]!r}")
+    width = config.get("boundary_width_px", 0)
+    if not is_int(width, 0):
+        raise WeightsError(f"{config_path}: 'boundary_width_px' must be an integer >= 0, got {width!r}")
+    size = config.get("input_size", [16, 16])
+    if not (isinstance(size, list) and len(size) == 2 and all(is_int(v, 16) and v % 16 == 0 for v in size)):
+        raise WeightsError(f"{config_path}: 'input_size' must be [height, width], multiples of 16, got {size!r}")
     return config
 
 
@@ -131,7 +148,8 @@ def load_pretrained(path: str | Path | None = None, map_location: str | torch.de
 
     Args:
         path: A weights folder (``model.safetensors`` + ``config.json``), a ``.safetensors`` file, a
-            training run folder (its ``best/``), or ``None`` for the bundled model.
+            training run folder (its ``best/``), ``hf://OWNER/REPO[@REVISION]`` on the Hugging Face Hub,
+            or ``None`` for the bundled model.
         map_location: Device to load onto.
 
     Raises:

@@ -1,0 +1,201 @@
+"""Export a trained U-Net to ONNX or OpenVINO, with a parity check against PyTorch.
+
+``export_model(weights, "onnx", out)`` writes ``out/model.onnx`` (dynamic batch, height and width) and
+``out/config.json`` (classes, input size and range: the normalisation travels with the model).
+``"openvino"`` writes ``model.xml``/``model.bin`` (fp32 weights), and with ``int8=True`` also
+``model_int8.xml``/``.bin``, quantised post-training with NNCF on calibration images.
+After export, every written model is run beside PyTorch fp32 on real images: the maximum absolute
+logit difference and the share of pixels whose class (argmax) agrees are returned and printed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polypseg.backends import Backend, OnnxRuntimeBackend, OpenVINOBackend, TorchBackend
+from polypseg.data import resize_image
+from polypseg.io import atomic_write_text, read_image
+from polypseg.model import UNet
+from polypseg.weights import CONFIG_NAME, load_pretrained, read_model_config
+
+__all__ = ["ExportReport", "Parity", "calibration_paths", "export_model", "export_onnx", "images_for", "parity"]
+
+FORMATS = ("onnx", "openvino")
+
+
+@dataclass
+class Parity:
+    """Agreement of a backend with PyTorch fp32 on some images."""
+
+    name: str
+    max_abs_logit_difference: float
+    argmax_agreement: float  # share of pixels with the same class
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name}: max |logit difference| {self.max_abs_logit_difference:.2e}, "
+            f"class agreement {100 * self.argmax_agreement:.3f}%"
+        )
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_model` wrote and how well it agrees with PyTorch."""
+
+    files: list[Path] = field(default_factory=list)
+    parity: list[Parity] = field(default_factory=list)
+
+
+def images_for(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
+    """Read and resize images as the Predictor does: float32 (N, 3, S, S) in [0, 1]."""
+    arrays = [resize_image(read_image(path), (image_size, image_size)) for path in paths]
+    return np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+
+def parity(reference: Backend, candidate: Backend, images: np.ndarray, name: str, batch_size: int = 4) -> Parity:
+    """Compare two backends' logits and class maps on ``images`` (N, 3, H, W)."""
+    worst, agree, total = 0.0, 0, 0
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        expected, actual = reference(batch), candidate(batch)
+        worst = max(worst, float(np.abs(expected - actual).max()))
+        agree += int((expected.argmax(1) == actual.argmax(1)).sum())
+        total += expected.shape[0] * expected.shape[2] * expected.shape[3]
+    return Parity(name, worst, agree / max(total, 1))
+
+
+def export_onnx(model: UNet, path: str | Path, image_size: int = 256) -> Path:
+    """Write ``model`` as ONNX with dynamic batch, height and width (multiples of 16), atomically."""
+    path = Path(path)
+    model = model.float().eval().to(memory_format=torch.contiguous_format)
+    example = torch.rand(1, model.in_channels, image_size, image_size)
+    height = torch.export.Dim("height_16", min=1, max=1024)
+    width = torch.export.Dim("width_16", min=1, max=1024)
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=1024), 2: 16 * height, 3: 16 * width}}
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=dynamic,
+        verbose=False,
+    )
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
+        temporary = Path(scratch) / path.name
+        program.save(str(temporary))
+        import onnx
+
+        # Store weights inside the one file (small models) so the file can be moved on its own.
+        onnx.save_model(onnx.load(str(temporary)), str(path), save_as_external_data=False)
+    return path
+
+
+def _export_openvino(onnx_path: Path, out_dir: Path, calibration: np.ndarray | None) -> list[Path]:
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    written = [out_dir / "model.xml", out_dir / "model.bin"]
+    ov.save_model(model, str(written[0]), compress_to_fp16=False)
+    if calibration is not None:
+        import nncf
+
+        dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
+        quantised = nncf.quantize(model, dataset, subset_size=len(calibration), preset=nncf.QuantizationPreset.MIXED)
+        ov.save_model(quantised, str(out_dir / "model_int8.xml"), compress_to_fp16=False)
+        written += [out_dir / "model_int8.xml", out_dir / "model_int8.bin"]
+    return written
+
+
+def export_model(
+    weights: str | Path | None,
+    fmt: str,
+    out_dir: str | Path,
+    parity_images: Sequence[str | Path] = (),
+    calibration_images: Sequence[str | Path] = (),
+    overwrite: bool = False,
+) -> ExportReport:
+    """Export weights to ``fmt`` ("onnx" or "openvino") in ``out_dir`` and check parity.
+
+    Args:
+        weights: Weights folder/file/run folder, or ``None`` for the bundled model.
+        fmt: ``"onnx"`` or ``"openvino"`` (the latter also writes the ONNX file it converts from).
+        out_dir: Output folder; must not hold an export already unless ``overwrite``.
+        parity_images: Real images for the parity check (default: the bundled examples).
+        calibration_images: Images for int8 post-training quantisation (OpenVINO only; empty: no int8).
+        overwrite: Replace an existing export.
+
+    Returns:
+        The files written and the parity of each exported model with PyTorch fp32.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out_dir = Path(out_dir)
+    if (out_dir / "model.onnx").exists() and not overwrite:
+        raise FileExistsError(f"{out_dir}: holds an export already; pass --overwrite to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_pretrained(weights)
+    config = read_model_config(weights) or {"architecture": "UNet", **model.config}
+    image_size = int(config.get("input_size", [256, 256])[0])
+
+    report = ExportReport()
+    report.files.append(export_onnx(model, out_dir / "model.onnx", image_size))
+    calibration = images_for(calibration_images, image_size) if calibration_images and fmt == "openvino" else None
+    if fmt == "openvino":
+        report.files += _export_openvino(out_dir / "model.onnx", out_dir, calibration)
+    exported = {
+        **config,
+        "export": {
+            "format": fmt,
+            "input": "images (B, 3, H, W) float32 RGB in [0, 1], H and W multiples of 16",
+            "output": "logits (B, classes, H, W)",
+            "int8": calibration is not None,
+        },
+    }
+    atomic_write_text(out_dir / CONFIG_NAME, json.dumps(exported, indent=2, default=str) + "\n")
+    report.files.append(out_dir / CONFIG_NAME)
+
+    if not parity_images:
+        from polypseg.weights import bundled_examples_dir
+
+        parity_images = sorted(bundled_examples_dir().glob("*.jpg"))
+    images = images_for(parity_images, image_size)
+    reference = TorchBackend(load_pretrained(weights), precision="32")
+    report.parity.append(parity(reference, OnnxRuntimeBackend(out_dir / "model.onnx"), images, "onnxruntime fp32"))
+    if fmt == "openvino":
+        report.parity.append(parity(reference, OpenVINOBackend(out_dir, "32"), images, "openvino fp32"))
+        if calibration is not None:
+            report.parity.append(parity(reference, OpenVINOBackend(out_dir, "int8"), images, "openvino int8"))
+    return report
+
+
+def calibration_paths(
+    folder: str | Path | None, data_dir: str | Path, weights: str | Path | None, count: int = 100
+) -> list[Path]:
+    """Images for int8 calibration: up to ``count`` from ``folder``, else from the training split of ``data_dir``.
+
+    The training split is the one the weights were trained with (see
+    :func:`polypseg.evaluation.resolve_split`), so calibration never sees validation or test images.
+    """
+    if folder is not None:
+        from polypseg.inference import expand_inputs
+
+        paths, _ = expand_inputs([folder])
+    else:
+        from polypseg.data import find_pairs
+        from polypseg.evaluation import resolve_split
+
+        names, _ = resolve_split(weights, data_dir, "train", None)
+        by_name = {sample.name: sample.image_path for sample in find_pairs(data_dir)}
+        paths = [by_name[name] for name in names]
+    if not paths:
+        raise ValueError(f"{folder or data_dir}: no calibration images")
+    step = max(len(paths) // count, 1)
+    return paths[::step][:count]

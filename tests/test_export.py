@@ -1,0 +1,131 @@
+"""Export to ONNX / OpenVINO with parity checks, the inference backends, and the benchmark harness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from polypseg.backends import OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, installed_backends
+from polypseg.export import export_model, images_for
+from polypseg.weights import load_pretrained, save_pretrained
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny model exported to OpenVINO (with the ONNX file it converts from) and int8."""
+    import torch
+
+    from polypseg.model import UNet
+
+    root = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    weights = save_pretrained(UNet(base_channels=4).eval(), root / "weights", metadata={"input_size": [64, 64]})
+    rng = np.random.default_rng(0)
+    images = []
+    from PIL import Image
+
+    for i in range(4):
+        path = root / f"image_{i}.png"
+        Image.fromarray(rng.integers(0, 256, (50 + 10 * i, 70, 3), dtype=np.uint8)).save(path)
+        images.append(path)
+    report = export_model(weights, "openvino", root / "out", parity_images=images, calibration_images=images)
+    return weights, root / "out", images, report
+
+
+@pytest.mark.slow
+def test_export_writes_models_and_config(exported):
+    _, out, _, report = exported
+    names = {path.name for path in report.files}
+    assert {"model.onnx", "model.xml", "model.bin", "model_int8.xml", "model_int8.bin", "config.json"} <= names
+    config = json.loads((out / "config.json").read_text())
+    assert config["class_names"] == ["background", "polyp", "boundary"]
+    assert config["export"]["format"] == "openvino" and config["export"]["int8"] is True
+    assert config["input_range"] == [0.0, 1.0]
+
+
+@pytest.mark.slow
+def test_parity_is_reported_and_close(exported):
+    _, _, _, report = exported
+    by_name = {parity.name: parity for parity in report.parity}
+    assert set(by_name) == {"onnxruntime fp32", "openvino fp32", "openvino int8"}
+    for name in ("onnxruntime fp32", "openvino fp32"):
+        assert by_name[name].max_abs_logit_difference < 1e-3
+        assert by_name[name].argmax_agreement > 0.999
+    assert by_name["openvino int8"].argmax_agreement > 0.9
+    assert "class agreement" in str(by_name["openvino fp32"])
+
+
+@pytest.mark.slow
+def test_exported_models_take_any_batch_and_size(exported):
+    weights, out, _, _ = exported
+    batch = np.random.default_rng(1).random((3, 3, 48, 80), dtype=np.float32)
+    reference = TorchBackend(load_pretrained(weights), precision="32")(batch)
+    for backend in (OnnxRuntimeBackend(out), OpenVINOBackend(out, "32")):
+        logits = backend(batch)
+        assert logits.shape == (3, 3, 48, 80)
+        np.testing.assert_allclose(logits, reference, atol=1e-3)
+    assert OpenVINOBackend(out, "int8")(batch).shape == (3, 3, 48, 80)
+
+
+@pytest.mark.slow
+def test_export_refuses_to_overwrite(exported):
+    weights, out, images, _ = exported
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_model(weights, "onnx", out, parity_images=images)
+
+
+def test_unknown_format(tmp_path):
+    with pytest.raises(ValueError, match="format"):
+        export_model(None, "tflite", tmp_path)
+
+
+def test_images_for_matches_training_resize(write_image, tmp_path):
+    path = write_image(tmp_path / "a.jpg", size=(70, 50))
+    batch = images_for([path], 64)
+    assert batch.shape == (1, 3, 64, 64) and batch.dtype == np.float32
+    assert 0.0 <= batch.min() and batch.max() <= 1.0
+
+
+def test_torch_backend_precisions(tiny_unet):
+    images = np.random.default_rng(2).random((2, 3, 32, 32), dtype=np.float32)
+    fp32 = TorchBackend(tiny_unet, precision="32")(images)
+    bf16 = TorchBackend(tiny_unet, precision="bf16")(images)
+    assert fp32.shape == bf16.shape == (2, 3, 32, 32) and fp32.dtype == np.float32
+    assert (fp32.argmax(1) == bf16.argmax(1)).mean() > 0.9
+    with pytest.raises(ValueError, match="precision"):
+        TorchBackend(tiny_unet, precision="int4")
+
+
+def test_installed_backends_lists_torch_last():
+    backends = installed_backends()
+    assert backends[-1] == "torch" and "onnxruntime" in backends
+
+
+@pytest.mark.slow
+def test_benchmark_measures_side_by_side(tmp_path, monkeypatch):
+    from polypseg import benchmark
+
+    cases = [
+        benchmark.BenchmarkCase("infer", "torch", "32", 4, 1, channels_last=False),
+        benchmark.BenchmarkCase("infer", "torch", "32", 4, 1),
+        benchmark.BenchmarkCase("train", "torch", "32", 4, 2),
+        benchmark.BenchmarkCase("infer", "nosuchruntime", "32", 4, 1),
+    ]
+    monkeypatch.setattr(benchmark, "default_cases", lambda quick: cases)
+    lines = []
+    results = benchmark.run_benchmark(
+        quick=True, seconds=0.05, out=tmp_path / "bench.json", progress=lines.append, isolated=False
+    )
+    assert len(results) == len(lines) == 4
+    eager, channels_last, training, broken = results
+    assert eager.ratio == pytest.approx(1.0)
+    assert channels_last.ratio == pytest.approx(channels_last.images_per_second / eager.images_per_second)
+    assert training.ratio == pytest.approx(1.0) and training.gflops_per_second > 0
+    assert broken.error and broken.images_per_second is None and "failed" in lines[-1]
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    assert len(payload["results"]) == 4 and payload["gflops_per_image"]["64"] == pytest.approx(98.75, abs=0.1)
+    assert "cpu" in payload["machine"]

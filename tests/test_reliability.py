@@ -1,0 +1,238 @@
+"""Crash safety: a training run killed with SIGKILL at any moment resumes and ends exactly like an
+uninterrupted run; checkpoints and ``best/`` are never half-written.
+
+The kills happen in real ``polypseg train`` processes (``tests/crash_runner.py`` patches the process it
+runs in; the library has no test hooks). Runs are deterministic (``deterministic: true``, fp32,
+single-threaded torch, batch order and augmentation keyed to (seed, epoch)), and two uninterrupted runs
+on the same CPU are identical bit for bit, so the resumed run is compared bit for bit too: the same
+``metrics.csv`` (except the seconds column), the same ``best/`` and the same final weights, optimizer
+and scheduler state.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from polypseg.cli import main
+from polypseg.io import atomic_write_folder, recover_folder, remove_stale_temporaries
+from polypseg.training import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from polypseg.weights import WeightsError, load_pretrained
+
+RUNNER = Path(__file__).with_name("crash_runner.py")
+
+TINY_CONFIG = """\
+base_channels: 4
+image_size: 64
+precision: '32'
+accelerator: cpu
+devices: 1
+deterministic: true
+batch_size: 2
+lr: 0.003
+scheduler: plateau
+plateau_patience: 0
+epochs: 4
+split_sizes: [8, 2, 2]
+boundary_width_px: 1
+log_every_n_steps: 1
+"""
+
+
+def run_cli(tmp_path: Path, *args: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
+    """``polypseg ARGS`` in a fresh process, optionally killed (see tests/crash_runner.py)."""
+    kill_args = [f"--kill-{kill[0]}", str(kill[1])] if kill else []
+    command = [sys.executable, str(RUNNER), *kill_args, "--", *args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+
+
+def metrics_rows(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open(newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def assert_same_tensors(first: dict, second: dict, what: str) -> None:
+    assert first.keys() == second.keys(), what
+    for key in first:
+        if isinstance(first[key], torch.Tensor):
+            assert torch.equal(first[key], second[key]), f"{what}: {key} differs"
+        elif isinstance(first[key], dict):
+            assert_same_tensors(first[key], second[key], f"{what}.{key}")
+        else:
+            assert first[key] == second[key], f"{what}: {key} differs"
+
+
+def assert_same_run(reference: Path, run: Path) -> None:
+    assert (run / "splits.json").read_text() == (reference / "splits.json").read_text()
+    assert metrics_rows(run) == metrics_rows(reference)
+    assert (run / "best" / "config.json").read_text() == (reference / "best" / "config.json").read_text()
+    best = load_file(run / "best" / "model.safetensors")
+    assert_same_tensors(best, load_file(reference / "best" / "model.safetensors"), "best/")
+    last, last_reference = (load_checkpoint(r / "checkpoints" / "last.ckpt") for r in (run, reference))
+    for key in ("epoch", "global_step", "state_dict", "optimizer_states", "plateau_scheduler", "callbacks"):
+        assert_same_tensors({key: last[key]}, {key: last_reference[key]}, key)
+    leftovers = [p.name for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith(".")]
+    assert not leftovers
+
+
+@pytest.mark.slow
+def test_killed_again_and_again_resumes_to_the_same_result(synthetic_dataset, tmp_path):
+    """Kill mid-epoch, then while writing last.ckpt, then between the two renames of best/; resume each time."""
+    data = synthetic_dataset(sizes=[(64, 64)] * 12, mask_suffix=".png")
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
+    train = ["train", "--config", "tiny.yaml", "--data", str(data)]
+    resume = ["train", "--out", "run", "--resume"]
+
+    done = run_cli(tmp_path, *train, "--out", "reference")
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = tmp_path / "reference"
+    assert len(metrics_rows(reference)) == 4
+
+    # 1. Mid-epoch (4 steps per epoch; step 6 is in epoch 1): last.ckpt is the end of epoch 0.
+    done = run_cli(tmp_path, *train, "--out", "run", kill=("at-step", 6))
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0
+    assert [row["epoch"] for row in metrics_rows(run)] == ["0"]
+
+    # 2. While writing the next last.ckpt: half a file under a temporary name; last.ckpt is untouched.
+    done = run_cli(tmp_path, *resume, kill=("in-save", 1))
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    stale = list((run / "checkpoints").glob(".last.ckpt.*.tmp"))
+    assert len(stale) == 1
+    with pytest.raises(CheckpointError, match="damaged or incomplete"):
+        load_checkpoint(stale[0])
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0
+
+    # 3. Between moving the old best/ aside and renaming the new one in: no best/ at all, never a mix.
+    done = run_cli(tmp_path, *resume, kill=("in-swap", 1))
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert not (run / "best").exists() and (run / ".best.new").is_dir() and (run / ".best.old").is_dir()
+    assert not list((run / "checkpoints").glob("*.tmp"))  # cleared when step 3 resumed
+    with pytest.raises(WeightsError, match="not found"):
+        load_pretrained(run)
+
+    done = run_cli(tmp_path, *resume)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_run(reference, run)
+
+
+def _one_epoch_run(synthetic_dataset, tmp_path: Path) -> Path:
+    data = synthetic_dataset(sizes=[(64, 64)] * 6, mask_suffix=".png")
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("epochs: 4", "epochs: 1"))
+    run = tmp_path / "run"
+    args = ["--config", str(tmp_path / "tiny.yaml"), "--data", str(data), "--out", str(run), "--split-sizes", "4,2,0"]
+    assert main(["train", *args]) == 0
+    return run
+
+
+def test_damaged_checkpoint_is_named_and_a_missing_one_restarts_the_run(synthetic_dataset, tmp_path, capsys):
+    run = _one_epoch_run(synthetic_dataset, tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    rows = metrics_rows(run)
+    weights = load_file(run / "best" / "model.safetensors")
+    original = last.read_bytes()
+    capsys.readouterr()
+    for damaged in (original[: len(original) // 3], b"", b"garbage" * 100):
+        last.write_bytes(damaged)
+        assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert str(last) in err and "damaged or incomplete" in err and len(err.splitlines()) == 1, err
+    assert metrics_rows(run) == rows  # nothing was touched
+
+    # A run killed before its first checkpoint resumes from the start, with its own config and split.
+    last.unlink()
+    with pytest.warns(UserWarning, match="no checkpoint yet"):
+        assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert metrics_rows(run) == rows
+    assert_same_tensors(load_file(run / "best" / "model.safetensors"), weights, "best/")
+
+
+def test_resume_of_something_that_is_not_a_run_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        from polypseg.config import TrainConfig
+        from polypseg.training import train
+
+        train(TrainConfig(), None, tmp_path / "nothing", resume=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The atomic writers the training loop relies on
+
+
+def test_checkpoint_io_never_leaves_a_partial_checkpoint(tmp_path):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1
+
+    class Unpicklable:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            raise RuntimeError("cannot save this")
+
+    with pytest.raises(RuntimeError, match="cannot save"):
+        io.save_checkpoint({"state_dict": {}, "epoch": 2, "bad": Unpicklable()}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_atomic_write_folder_replaces_the_folder_as_a_whole(tmp_path):
+    folder = tmp_path / "best"
+    for version in ("1", "2"):
+        with atomic_write_folder(folder) as staging:
+            assert not folder.joinpath("a").exists() or folder.joinpath("a").read_text() != version
+            (staging / "a").write_text(version)
+            (staging / "b").write_text(version)
+        assert {p.name: p.read_text() for p in folder.iterdir()} == {"a": version, "b": version}
+    with pytest.raises(RuntimeError):
+        with atomic_write_folder(folder) as staging:
+            (staging / "a").write_text("3")
+            raise RuntimeError("interrupted")
+    assert {p.name: p.read_text() for p in folder.iterdir()} == {"a": "2", "b": "2"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def _state(tmp_path: Path, **folders: str) -> Path:
+    for name, version in folders.items():
+        folder = tmp_path / {"final": "best", "new": ".best.new", "old": ".best.old"}[name]
+        folder.mkdir()
+        (folder / "a").write_text(version)
+    return tmp_path / "best"
+
+
+@pytest.mark.parametrize(
+    "left_behind, expected",
+    [
+        ({"final": "2", "new": "3"}, "2"),  # killed while writing the new copy
+        ({"new": "3", "old": "2"}, "3"),  # killed between the two renames: the new copy is complete
+        ({"final": "3", "old": "2"}, "3"),  # killed while deleting the old copy
+        ({"new": "1"}, None),  # killed while writing the very first copy
+        ({"old": "2"}, "2"),  # the swap failed with an error after moving the old copy aside
+    ],
+)
+def test_recover_folder_after_a_kill(tmp_path, left_behind, expected):
+    folder = _state(tmp_path, **left_behind)
+    recover_folder(folder)
+    if expected is None:
+        assert not folder.exists()
+    else:
+        assert (folder / "a").read_text() == expected
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_remove_stale_temporaries_only_removes_ours(tmp_path):
+    (tmp_path / ".last.ckpt.abc123.tmp").write_bytes(b"half")
+    (tmp_path / "last.ckpt").write_bytes(b"whole")
+    (tmp_path / "notes.tmp").write_text("not ours: not hidden")
+    removed = remove_stale_temporaries(tmp_path)
+    assert [p.name for p in removed] == [".last.ckpt.abc123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "notes.tmp"]
