@@ -1,4 +1,6 @@
-"""Command line: thin subcommands over the library (``polypseg train|evaluate|predict|demo``).
+"""Command line: thin subcommands over the library.
+
+``polypseg train|evaluate|predict|demo|export|benchmark|card|push|data``.
 
 Every subcommand parses its arguments and calls one library function; errors in the input become one
 line on stderr and a non-zero exit code.
@@ -193,7 +195,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="segment the bundled example images with the bundled model")
-    parser.add_argument("--weights", default=None, help="weights (default: bundled)")
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--web", action="store_true", help="serve a web page instead (needs polypseg[demo])")
@@ -296,9 +298,7 @@ def _data_download(args: argparse.Namespace) -> int:
 
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export weights to ONNX or OpenVINO, with a parity check")
-    parser.add_argument(
-        "--weights", default=None, help="weights folder, .safetensors, or run folder (default: bundled)"
-    )
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--format", choices=["onnx", "openvino"], required=True)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--int8", action="store_true", help="also write an NNCF int8 model (OpenVINO)")

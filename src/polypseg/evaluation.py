@@ -50,9 +50,11 @@ def resolve_split(
     if splits_file is None:
         folder = resolve_weights(weights)
         folder = folder if folder.is_dir() else folder.parent
-        candidate = folder.parent / "splits.json"
-        if candidate.exists():
-            splits_file = candidate
+        # A run folder keeps splits.json beside best/; a pushed Hub repository keeps it beside the weights.
+        for candidate in (folder / "splits.json", folder.parent / "splits.json"):
+            if candidate.exists():
+                splits_file = candidate
+                break
     if splits_file is not None:
         return load_splits(splits_file)[split], str(splits_file)
     training = read_model_config(weights).get("training", {}).get("config", {})
