@@ -129,3 +129,77 @@ def test_benchmark_measures_side_by_side(tmp_path, monkeypatch):
     payload = json.loads((tmp_path / "bench.json").read_text())
     assert len(payload["results"]) == 4 and payload["gflops_per_image"]["64"] == pytest.approx(98.75, abs=0.1)
     assert "cpu" in payload["machine"]
+
+
+@pytest.mark.slow
+def test_predictor_on_exported_backends_matches_torch(exported):
+    from polypseg.inference import Predictor
+    from polypseg.io import read_image
+
+    weights, out, images, _ = exported
+    arrays = [read_image(path) for path in images]
+    reference = Predictor.from_pretrained(weights, precision="32").predict_batch(arrays)
+    for backend in ("onnxruntime", "openvino"):
+        predictor = Predictor.from_pretrained(out, backend=backend, precision="32")
+        for expected, actual in zip(reference, predictor.predict_batch(arrays), strict=True):
+            assert actual.class_map.shape == expected.class_map.shape
+            assert (actual.class_map == expected.class_map).mean() > 0.999
+
+
+@pytest.mark.slow
+def test_load_backend_exports_once_and_caches(exported, tmp_path, monkeypatch):
+    from polypseg.export import export_cache_dir, load_backend
+
+    weights, _, _, _ = exported
+    monkeypatch.setenv("POLYPSEG_CACHE", str(tmp_path / "cache"))
+    backend = load_backend(weights, "onnxruntime")
+    assert backend.name == "onnxruntime"
+    (cached,) = list(export_cache_dir().iterdir())
+    stamp = (cached / "model.onnx").stat().st_mtime_ns
+    load_backend(weights, "onnxruntime")
+    assert (cached / "model.onnx").stat().st_mtime_ns == stamp
+    assert load_backend(weights, "auto").name == "openvino"
+
+
+def test_load_backend_refuses_what_it_cannot_do(tmp_path, tiny_unet):
+    from polypseg.export import load_backend
+
+    weights = save_pretrained(tiny_unet, tmp_path / "w")
+    with pytest.raises(ValueError, match="int8"):
+        load_backend(weights, "openvino", "int8")
+    with pytest.raises(ValueError, match="backend"):
+        load_backend(weights, "tensorrt")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.onnx").write_bytes(b"")
+    with pytest.raises(ValueError, match="export folder"):
+        load_backend(tmp_path / "export", "torch")
+
+
+@pytest.mark.slow
+def test_cli_export_and_predict_with_a_backend(exported, tmp_path, capsys):
+    from polypseg.cli import main
+
+    weights, _, images, _ = exported
+    out = tmp_path / "onnx"
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(weights),
+                "--format",
+                "onnx",
+                "--out",
+                str(out),
+                "--parity-images",
+                *map(str, images),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "parity with PyTorch fp32, onnxruntime fp32" in printed
+    code = main(
+        ["predict", "--weights", str(out), "--backend", "onnxruntime", str(images[0]), "--out", str(tmp_path / "pred")]
+    )
+    assert code == 0 and (tmp_path / "pred" / "image_0_mask.png").exists()

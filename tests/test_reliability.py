@@ -60,15 +60,20 @@ def metrics_rows(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
-def assert_same_tensors(first: dict, second: dict, what: str) -> None:
-    assert first.keys() == second.keys(), what
-    for key in first:
-        if isinstance(first[key], torch.Tensor):
-            assert torch.equal(first[key], second[key]), f"{what}: {key} differs"
-        elif isinstance(first[key], dict):
-            assert_same_tensors(first[key], second[key], f"{what}.{key}")
-        else:
-            assert first[key] == second[key], f"{what}: {key} differs"
+def assert_same(first: object, second: object, what: str) -> None:
+    """Equal bit for bit: tensors with torch.equal, containers element by element."""
+    if isinstance(first, torch.Tensor):
+        assert isinstance(second, torch.Tensor) and torch.equal(first, second), f"{what} differs"
+    elif isinstance(first, dict):
+        assert isinstance(second, dict) and first.keys() == second.keys(), f"{what}: keys differ"
+        for key in first:
+            assert_same(first[key], second[key], f"{what}.{key}")
+    elif isinstance(first, list | tuple):
+        assert type(first) is type(second) and len(first) == len(second), f"{what}: lengths differ"
+        for index, (a, b) in enumerate(zip(first, second, strict=True)):
+            assert_same(a, b, f"{what}[{index}]")
+    else:
+        assert first == second, f"{what} differs: {first!r} != {second!r}"
 
 
 def assert_same_run(reference: Path, run: Path) -> None:
@@ -76,10 +81,10 @@ def assert_same_run(reference: Path, run: Path) -> None:
     assert metrics_rows(run) == metrics_rows(reference)
     assert (run / "best" / "config.json").read_text() == (reference / "best" / "config.json").read_text()
     best = load_file(run / "best" / "model.safetensors")
-    assert_same_tensors(best, load_file(reference / "best" / "model.safetensors"), "best/")
+    assert_same(best, load_file(reference / "best" / "model.safetensors"), "best/")
     last, last_reference = (load_checkpoint(r / "checkpoints" / "last.ckpt") for r in (run, reference))
     for key in ("epoch", "global_step", "state_dict", "optimizer_states", "plateau_scheduler", "callbacks"):
-        assert_same_tensors({key: last[key]}, {key: last_reference[key]}, key)
+        assert_same(last[key], last_reference[key], key)
     leftovers = [p.name for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith(".")]
     assert not leftovers
 
@@ -154,7 +159,7 @@ def test_damaged_checkpoint_is_named_and_a_missing_one_restarts_the_run(syntheti
     with pytest.warns(UserWarning, match="no checkpoint yet"):
         assert main(["train", "--out", str(run), "--resume"]) == 0
     assert metrics_rows(run) == rows
-    assert_same_tensors(load_file(run / "best" / "model.safetensors"), weights, "best/")
+    assert_same(load_file(run / "best" / "model.safetensors"), weights, "best/")
 
 
 def test_resume_of_something_that_is_not_a_run_is_refused(tmp_path):

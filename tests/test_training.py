@@ -165,13 +165,24 @@ def test_loss_goes_down_on_real_images(real_subset, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(synthetic_dataset, tmp_path):
-    """Lightning's DDP (gloo) runs our loop in two processes; only rank 0 writes the run folder."""
+    """Lightning's DDP (gloo) runs our loop in two processes; only rank 0 writes the run folder.
+
+    Compared with a single-process run of the same configuration and the same effective batch (2 ranks
+    x 2 = 4): the split is identical (it depends on the seed only) and the metrics are comparable. They
+    are not identical: each rank draws its batches through a DistributedSampler and normalises its half
+    batch with its own BatchNorm batch statistics, so the two runs take different, equally valid paths.
+    The tolerance, 0.1 on the losses and the 3-class Dice after 3 epochs (measured gaps: below 0.05), is
+    loose on purpose. The validation metrics of DDP themselves must be exact: scoring the DDP run's
+    best/ on the validation split in one process gives the Dice that DDP logged, gathered over both ranks.
+    """
     import subprocess
     import sys
 
+    from polypseg.evaluation import run_evaluation
+
     data = synthetic_dataset(sizes=[(64, 64)] * 12)
     config = tmp_path / "tiny.yaml"
-    config.write_text("base_channels: 4\nimage_size: 64\nprecision: '32'\nbatch_size: 2\nlr: 0.003\n")
+    config.write_text("base_channels: 4\nimage_size: 64\nprecision: '32'\nbatch_size: 2\nlr: 0.03\n")
     run = tmp_path / "run"
     command = [
         sys.executable,
@@ -185,7 +196,7 @@ def test_two_process_ddp_on_cpu(synthetic_dataset, tmp_path):
         "--out",
         str(run),
         "--epochs",
-        "2",
+        "3",
         "--split-sizes",
         "8,2,2",
         "--accelerator",
@@ -198,5 +209,24 @@ def test_two_process_ddp_on_cpu(synthetic_dataset, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("best val_dice") == 1
-    assert [int(r["epoch"]) for r in read_rows(run / "metrics.csv")] == [0, 1]
+    ddp_rows = read_rows(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in ddp_rows] == [0, 1, 2]
     assert load_pretrained(run).base_channels == 4
+
+    single = tmp_path / "single"
+    train(
+        TrainConfig(base_channels=4, image_size=64, precision="32", batch_size=4, lr=0.03, epochs=3).updated(
+            split_sizes=[8, 2, 2], accelerator="cpu", devices=1
+        ),
+        data,
+        single,
+    )
+    assert json.loads((single / "splits.json").read_text()) == json.loads((run / "splits.json").read_text())
+    single_rows = read_rows(single / "metrics.csv")
+    for ddp_row, single_row in zip(ddp_rows, single_rows, strict=True):
+        for key in ("train_loss", "val_loss", "val_dice"):
+            assert abs(float(ddp_row[key]) - float(single_row[key])) < 0.1, (key, ddp_row, single_row)
+
+    best = json.loads((run / "best" / "config.json").read_text())["training"]
+    report = run_evaluation(str(run), data, None, split="val")
+    assert report.result.metrics["mean_dice"] == pytest.approx(best["val_metrics"]["val_dice"], abs=1e-5)

@@ -139,7 +139,15 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--precision", default="auto", choices=["auto", "32", "bf16"])
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=["auto", "torch", "onnxruntime", "openvino"],
+        help="inference runtime (default torch; auto: the fastest installed, exported once and cached)",
+    )
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "32", "bf16", "int8"], help="int8: OpenVINO exports only"
+    )
     parser.add_argument("--opacity", type=float, default=0.4, help="polyp tint of the overlays, 0-1")
     parser.add_argument(
         "--min-polyp-area",
@@ -155,7 +163,7 @@ def _run_predict(weights: str | None, inputs: Sequence[str], args: argparse.Name
     from polypseg.video import predict_videos, print_video_result, split_video_inputs
 
     predictor = Predictor.from_pretrained(
-        weights, precision=args.precision, min_polyp_fraction=args.min_polyp_area / 100.0
+        weights, backend=args.backend, precision=args.precision, min_polyp_fraction=args.min_polyp_area / 100.0
     )
     videos, inputs = split_video_inputs(inputs)
     ok = True
@@ -201,7 +209,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--web", action="store_true", help="serve a web page instead (needs polypseg[demo])")
     parser.add_argument("--host", default="127.0.0.1", help="--web: interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="--web: port (default: 7860)")
-    parser.set_defaults(handler=_demo, batch_size=4, precision="auto", opacity=0.4, min_polyp_area=0.1)
+    parser.set_defaults(handler=_demo, batch_size=4, backend="torch", precision="auto", opacity=0.4, min_polyp_area=0.1)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ logit difference and the share of pixels whose class (argmax) agrees are returne
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,13 +21,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from polypseg.backends import Backend, OnnxRuntimeBackend, OpenVINOBackend, TorchBackend
+from polypseg.backends import Backend, OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, installed_backends
 from polypseg.data import resize_image
+from polypseg.hardware import cpu_supports_bf16
 from polypseg.io import atomic_write_text, read_image
 from polypseg.model import UNet
-from polypseg.weights import CONFIG_NAME, load_pretrained, read_model_config
+from polypseg.weights import CONFIG_NAME, WEIGHTS_NAME, load_pretrained, read_model_config, resolve_weights
 
-__all__ = ["ExportReport", "Parity", "calibration_paths", "export_model", "export_onnx", "images_for", "parity"]
+__all__ = [
+    "ExportReport",
+    "Parity",
+    "calibration_paths",
+    "export_cache_dir",
+    "export_model",
+    "export_onnx",
+    "images_for",
+    "load_backend",
+    "parity",
+]
 
 FORMATS = ("onnx", "openvino")
 
@@ -121,6 +134,7 @@ def export_model(
     parity_images: Sequence[str | Path] = (),
     calibration_images: Sequence[str | Path] = (),
     overwrite: bool = False,
+    check_parity: bool = True,
 ) -> ExportReport:
     """Export weights to ``fmt`` ("onnx" or "openvino") in ``out_dir`` and check parity.
 
@@ -131,6 +145,7 @@ def export_model(
         parity_images: Real images for the parity check (default: the bundled examples).
         calibration_images: Images for int8 post-training quantisation (OpenVINO only; empty: no int8).
         overwrite: Replace an existing export.
+        check_parity: Run the exported models beside PyTorch on the parity images.
 
     Returns:
         The files written and the parity of each exported model with PyTorch fp32.
@@ -161,7 +176,8 @@ def export_model(
     }
     atomic_write_text(out_dir / CONFIG_NAME, json.dumps(exported, indent=2, default=str) + "\n")
     report.files.append(out_dir / CONFIG_NAME)
-
+    if not check_parity:
+        return report
     if not parity_images:
         from polypseg.weights import bundled_examples_dir
 
@@ -199,3 +215,71 @@ def calibration_paths(
         raise ValueError(f"{folder or data_dir}: no calibration images")
     step = max(len(paths) // count, 1)
     return paths[::step][:count]
+
+
+def export_cache_dir() -> Path:
+    """Where :func:`load_backend` keeps exports: ``$POLYPSEG_CACHE/exports`` (default ``~/.cache/polypseg``)."""
+    return Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg")) / "exports"
+
+
+def _is_export(folder: Path) -> bool:
+    return (folder / "model.onnx").exists() or (folder / "model.xml").exists()
+
+
+def _cached_export(weights: str | Path | None, fmt: str) -> Path:
+    """Export once per weights file content and format; later calls reuse the folder."""
+    resolved = resolve_weights(weights)
+    weights_file = resolved / WEIGHTS_NAME if resolved.is_dir() else resolved
+    digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()[:20]
+    target = export_cache_dir() / f"{digest}-{fmt}"
+    if _is_export(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as scratch:
+        export_model(weights, fmt, Path(scratch) / "out", check_parity=False)
+        try:
+            os.replace(Path(scratch) / "out", target)
+        except OSError:  # another process finished the same export first
+            if not _is_export(target):
+                raise
+    return target
+
+
+def load_backend(weights: str | Path | None = None, backend: str = "torch", precision: str = "auto") -> Backend:
+    """Build an inference backend for weights, exporting (once, cached) when the runtime needs it.
+
+    Args:
+        weights: Weights (folder, file, run folder, ``hf://``; ``None``: bundled) or an export folder
+            written by :func:`export_model` (``model.onnx`` / ``model.xml`` / ``model_int8.xml``).
+        backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"``, or ``"auto"``: the first installed of
+            OpenVINO, ONNX Runtime, PyTorch.
+        precision: ``"auto"`` (bf16 where the CPU computes it natively, else fp32), ``"32"``, ``"bf16"``
+            (torch, openvino) or ``"int8"`` (openvino, from an export made with ``--int8``).
+
+    Raises:
+        ValueError: An unknown backend or a precision the backend does not offer.
+    """
+    if backend == "auto":
+        backend = installed_backends()[0]
+    if backend not in ("torch", "onnxruntime", "openvino"):
+        raise ValueError(f"backend must be auto, torch, onnxruntime or openvino, got {backend!r}")
+    resolved = resolve_weights(weights)
+    folder = resolved if resolved.is_dir() else resolved.parent
+    exported = _is_export(folder) and not (folder / WEIGHTS_NAME).exists()
+    if backend == "torch":
+        if exported:
+            raise ValueError(f"{folder}: an export folder; use --backend onnxruntime or openvino with it")
+        return TorchBackend(load_pretrained(weights), precision)
+    if precision == "int8" and not (backend == "openvino" and (folder / "model_int8.xml").exists()):
+        raise ValueError(
+            "int8 needs an OpenVINO export made with `polypseg export --format openvino --int8`; "
+            "pass that folder as --weights with --backend openvino"
+        )
+    source = folder if exported else _cached_export(weights, "openvino" if backend == "openvino" else "onnx")
+    if backend == "onnxruntime":
+        if precision not in ("auto", "32"):
+            raise ValueError(f"onnxruntime runs fp32 only, got precision {precision!r}")
+        return OnnxRuntimeBackend(source)
+    if precision == "auto":
+        precision = "bf16" if cpu_supports_bf16() else "32"
+    return OpenVINOBackend(source, precision)

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
+from polypseg.backends import Backend, TorchBackend
 from polypseg.classes import BOUNDARY, POLYP, classes_to_mask
 from polypseg.data import resize_image
-from polypseg.hardware import cpu_supports_bf16
 from polypseg.io import IMAGE_SUFFIXES, InputError, atomic_save, atomic_write_text, read_image
 from polypseg.model import UNet
-from polypseg.weights import load_pretrained, read_model_config
+from polypseg.weights import read_model_config
 
 __all__ = [
     "CLASS_PALETTE",
@@ -125,11 +125,12 @@ class Predictor:
     """A loaded model that segments images.
 
     Args:
-        model: A U-Net (put in eval mode here).
+        model: A U-Net (run with PyTorch) or any :class:`~polypseg.backends.Backend` (ONNX Runtime,
+            OpenVINO, ...).
         image_size: Network input size (the training resolution), square.
-        device: Torch device.
-        precision: ``"auto"`` (bf16 autocast where the CPU/GPU computes bf16 natively, else fp32),
-            ``"32"`` or ``"bf16"``.
+        device: Torch device (PyTorch models only).
+        precision: For a U-Net: ``"auto"`` (bf16 autocast where the CPU/GPU computes bf16 natively,
+            else fp32), ``"32"`` or ``"bf16"``. A backend brings its own precision.
         min_polyp_fraction: Regions smaller than this share of the image are not counted as polyps
             (they stay in the mask). Default 0.1 %.
 
@@ -142,45 +143,52 @@ class Predictor:
 
     def __init__(
         self,
-        model: UNet,
+        model: UNet | Backend,
         image_size: int = 256,
         device: str | torch.device = "cpu",
         precision: str = "auto",
         min_polyp_fraction: float = 0.001,
     ) -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.backend: Backend = TorchBackend(model, precision, device) if isinstance(model, UNet) else model
         self.image_size = image_size
-        if precision == "auto":
-            native = torch.cuda.is_bf16_supported() if self.device.type == "cuda" else cpu_supports_bf16()
-            precision = "bf16" if native else "32"
-        if precision not in ("32", "bf16"):
-            raise ValueError(f"precision must be auto, 32 or bf16, got {precision!r}")
-        self.precision = precision
+        self.precision = self.backend.precision
         self.min_polyp_fraction = min_polyp_fraction
 
     @classmethod
-    def from_pretrained(cls, weights: str | Path | None = None, **kwargs: object) -> Predictor:
-        """Load weights (see :func:`polypseg.load_pretrained`; ``None`` is the bundled model)."""
-        size = read_model_config(weights).get("input_size", [256, 256])
-        return cls(load_pretrained(weights), image_size=int(size[0]), **kwargs)  # type: ignore[arg-type]
+    def from_pretrained(
+        cls,
+        weights: str | Path | None = None,
+        backend: str = "torch",
+        precision: str = "auto",
+        **kwargs: object,
+    ) -> Predictor:
+        """Load weights (see :func:`polypseg.load_pretrained`; ``None`` is the bundled model).
 
-    @torch.inference_mode()
+        Args:
+            weights: Weights folder/file/run folder/``hf://`` reference, or an export folder.
+            backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"auto"`` (the fastest installed;
+                see :func:`polypseg.export.load_backend`, which exports once and caches the result).
+            precision: ``"auto"``, ``"32"``, ``"bf16"`` or (OpenVINO) ``"int8"``.
+            **kwargs: Passed to the constructor (``min_polyp_fraction``, ``device``).
+        """
+        from polypseg.export import load_backend
+
+        size = read_model_config(weights).get("input_size", [256, 256])
+        loaded = load_backend(weights, backend, precision)
+        return cls(loaded, image_size=int(size[0]), **kwargs)  # type: ignore[arg-type]
+
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Segment (H, W, 3) uint8 RGB images of any sizes; returns one :class:`Prediction` each."""
         if not images:
             return []
         size = (self.image_size, self.image_size)
         batch = np.stack([resize_image(image, size) for image in images])
-        tensor = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = self.model(tensor)
+        logits = torch.from_numpy(self.backend(batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0))
         predictions = []
-        for image, image_logits in zip(images, logits.float(), strict=True):
+        for image, image_logits in zip(images, logits, strict=True):
             height, width = image.shape[:2]
             full = F.interpolate(image_logits[None], size=(height, width), mode="bilinear", align_corners=False)
-            class_map = full[0].argmax(0).to(torch.uint8).cpu().numpy()
+            class_map = full[0].argmax(0).to(torch.uint8).numpy()
             min_pixels = int(np.ceil(self.min_polyp_fraction * height * width))
             predictions.append(Prediction(class_map, find_polyps(classes_to_mask(class_map), min_pixels)))
         return predictions

@@ -75,7 +75,7 @@ def _open(path: Path) -> Image.Image:
         raise InputError(path, "not an image file Pillow can read") from None
     except Image.DecompressionBombError as error:
         raise InputError(path, f"image larger than {MAX_IMAGE_PIXELS:,} pixels, refused ({_one_line(error)})") from None
-    except Exception as error:  # noqa: BLE001 - Pillow's decoders raise many types on damaged files
+    except Exception as error:  # Pillow's decoders raise many types on damaged files
         raise InputError(path, f"cannot decode image ({_one_line(error)})") from None
 
 
@@ -92,7 +92,7 @@ def read_image(path: str | Path) -> np.ndarray:
             peak = 65535.0 if scaled.max(initial=0) > 255 else 255.0
             image = Image.fromarray(np.clip(scaled / peak * 255, 0, 255).round().astype(np.uint8))
         array = np.asarray(image.convert("RGB"))
-    except Exception as error:  # noqa: BLE001 - exotic modes Pillow cannot convert
+    except Exception as error:  # exotic modes Pillow cannot convert
         raise InputError(path, f"cannot convert image to RGB ({_one_line(error)})") from None
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise InputError(path, "image has no pixels")
@@ -115,7 +115,7 @@ def read_mask(path: str | Path) -> np.ndarray:
             mask = np.asarray(image, dtype=np.uint8) * 255
         else:
             mask = np.asarray(image.convert("L"))
-    except Exception as error:  # noqa: BLE001 - exotic modes Pillow cannot convert
+    except Exception as error:  # exotic modes Pillow cannot convert
         raise InputError(path, f"cannot convert mask to grayscale ({_one_line(error)})") from None
     if mask.shape[0] < 1 or mask.shape[1] < 1:
         raise InputError(path, "mask has no pixels")

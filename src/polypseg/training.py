@@ -120,7 +120,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as error:  # noqa: BLE001 - torch.load raises many types on damaged files
+    except Exception as error:  # torch.load raises many types on damaged files
         detail = " ".join(str(error).split())[:200] or type(error).__name__
         raise CheckpointError(
             f"{path}: damaged or incomplete checkpoint, cannot resume from it ({detail}); "
@@ -346,40 +346,47 @@ class BestWeightsExporter(Callback):
         self.best = state_dict.get("best")
 
 
-class LastCheckpoint(Callback):
-    """Save ``last.ckpt`` at the end of every training epoch (after validation).
+class _EpochValidated(Callback):
+    """Knows whether the current epoch has been validated.
+
+    True at the end of a finished epoch; False for one cut short by ``max_steps`` and for the end-of-epoch
+    hook that Lightning repeats when it resumes from an end-of-epoch checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.validated = False
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validated = not trainer.sanity_checking
+
+
+class LastCheckpoint(_EpochValidated):
+    """Save ``last.ckpt`` at the end of every finished training epoch (after validation).
 
     Listed after :class:`EpochCSVLogger`, it runs after the epoch's ``metrics.csv`` row is written; the
     learning-rate schedulers have stepped already (Lightning steps epoch schedulers after the last batch,
     and :class:`SegmentationModule` steps ReduceLROnPlateau itself at the end of validation). Lightning's
     ``ModelCheckpoint(save_top_k=0, save_last=True)`` never saves during training, so it is not used.
+    Mid-epoch checkpoints are not written: Lightning would replay such an epoch from its first batch.
     """
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
-        self.saved_step = -1
-
-    def _save(self, trainer: L.Trainer) -> None:
-        if trainer.global_step == self.saved_step:  # Lightning repeats this hook when it resumes here
-            return
-        self.saved_step = trainer.global_step  # before saving: it is part of the saved state
-        trainer.save_checkpoint(self.path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"saved_step": self.saved_step}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.saved_step = int(state_dict.get("saved_step", -1))
+        if self.validated:
+            trainer.save_checkpoint(self.path)
 
 
-class EpochCSVLogger(Callback):
-    """One row per epoch in ``metrics.csv`` (rewritten atomically; rows of later epochs dropped on resume).
+class EpochCSVLogger(_EpochValidated):
+    """One row per finished epoch in ``metrics.csv`` (rewritten atomically; later rows dropped on resume).
 
-    It runs before the epoch's checkpoint is saved (Lightning calls checkpoint callbacks last), so the
-    file never lacks the row of an epoch that a resumed run will not repeat.
+    It runs before :class:`LastCheckpoint` (listed before it), so the file never lacks the row of an
+    epoch that a resumed run will not repeat.
     """
 
     COLUMNS = (
@@ -394,18 +401,19 @@ class EpochCSVLogger(Callback):
     )
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self._start = time.perf_counter()
         self._lr = math.nan
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
         self._start = time.perf_counter()
         # The epoch's own learning rate: epoch schedulers step before the epoch-end hooks run.
         self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning repeats this hook, without metrics, when it resumes from an end-of-epoch checkpoint.
-        if not trainer.is_global_zero or "val_loss" not in trainer.callback_metrics:
+        if not trainer.is_global_zero or not self.validated:
             return
         metrics = trainer.callback_metrics
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
