@@ -430,7 +430,7 @@ class EpochCSVLogger(_EpochValidated):
         writer = csv.DictWriter(buffer, fieldnames=self.COLUMNS)
         writer.writeheader()
         writer.writerows([*rows, row])
-        atomic_write_text(self.path, buffer.getvalue())
+        atomic_write_text(self.path, buffer.getvalue(), durable=True)
 
 
 @dataclass
