@@ -53,13 +53,16 @@ def test_compute_returns_every_key_as_float32():
     result = SegmentationMetrics()
     result.update(PRED, TARGET)
     scores = result.compute()
-    assert set(scores) == set(EXPECTED)
+    detection = {"detection_recall", "detection_precision", "polyps_true", "polyps_detected", "polyps_missed"}
+    assert set(scores) == set(EXPECTED) | detection | {"false_detections"}
     assert all(value.dtype == torch.float32 and value.dim() == 0 for value in scores.values())
 
 
 def test_logits_are_accepted():
     logits = F.one_hot(PRED, 3).permute(0, 3, 1, 2).float() * 5.0 + 0.1 * torch.rand(1, 3, 2, 4)
-    assert _compute(logits, TARGET) == pytest.approx(_compute(PRED, TARGET))
+    from_logits, from_classes = _compute(logits, TARGET), _compute(PRED, TARGET)
+    assert {k: v for k, v in from_logits.items() if "pranet" not in k} == pytest.approx(from_classes)
+    assert {"polyp_mean_dice_pranet", "polyp_max_dice_pranet"} <= set(from_logits)
 
 
 def test_per_image_mean_differs_from_dataset_level():
@@ -160,3 +163,86 @@ def test_ratio_and_binary_image_scores():
     assert scores["dice"].tolist() == pytest.approx([0.5])
     assert scores["iou"].tolist() == pytest.approx([1 / 3])
     assert scores["tp"].tolist() == [1]
+
+
+# --- literature protocol and polyp-level detection ---------------------------------------------------
+
+
+def test_threshold_dice_curve_by_hand():
+    from polypseg.metrics import threshold_dice_curves
+
+    probability = torch.tensor([[[0.0, 0.5], [1.0, 1.0]]])  # min-max normalised: levels 0, 128, 255, 255
+    truth = torch.tensor([[[False, True], [True, False]]])
+    curve = threshold_dice_curves(probability, truth)[0]
+    assert curve.shape == (256,)
+    # k = 0: everything predicted: tp 2, fp 2, fn 0 -> 4/6
+    assert float(curve[0]) == pytest.approx(4 / 6)
+    # 1 <= k <= 128: levels 128, 255, 255 predicted: tp 2, fp 1 -> 4/5
+    assert float(curve[1]) == pytest.approx(4 / 5) and float(curve[128]) == pytest.approx(4 / 5)
+    # 129 <= k <= 255: levels 255 predicted: tp 1, fp 1, fn 1 -> 2/4
+    assert float(curve[129]) == pytest.approx(0.5) and float(curve[255]) == pytest.approx(0.5)
+
+
+def test_pranet_scores_from_logits():
+    metric = SegmentationMetrics()
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6] = 1
+    logits = torch.zeros(1, 3, 8, 8)
+    logits[0, 0] = 5.0
+    logits[0, 1, 2:6, 2:6] = 10.0  # confident and right: every threshold above 0 gives Dice 1
+    metric.update(logits, target)
+    scores = metric.compute()
+    assert float(scores["polyp_max_dice_pranet"]) == pytest.approx(1.0)
+    assert 0.99 < float(scores["polyp_mean_dice_pranet"]) <= 1.0
+    assert float(scores["polyp_dice"]) == pytest.approx(1.0)
+    assert metric.last_image_scores["mean_dice_pranet"].shape == (1,)
+
+
+def test_box_iou_and_greedy_matching():
+    from polypseg.metrics import box_iou, match_boxes
+
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == pytest.approx(1.0)
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    truth = [(0, 0, 10, 10), (20, 20, 30, 30)]
+    assert match_boxes([(0, 0, 10, 9), (1, 1, 10, 10)], truth) == 1  # one truth box, matched once
+    assert match_boxes([(0, 0, 10, 10), (20, 20, 30, 31)], truth) == 2
+    assert match_boxes([(5, 0, 15, 10)], truth) == 0  # IoU 1/3 < 0.5
+    assert match_boxes([], truth) == 0
+
+
+def test_detection_counts_from_masks_and_from_boxes():
+    target = torch.zeros(1, 32, 32, dtype=torch.long)
+    target[0, 2:10, 2:10] = 1
+    target[0, 20:30, 20:30] = 1
+    pred = torch.zeros_like(target)
+    pred[0, 2:10, 2:10] = 1  # finds the first polyp
+    pred[0, 15:17, 0:2] = 1  # a 4-pixel speck: counted (min region 0.1% of 1024 px = 2 px)
+    metric = SegmentationMetrics()
+    metric.update(pred, target)
+    scores = metric.compute()
+    assert int(scores["polyps_true"]) == 2 and int(scores["polyps_detected"]) == 1
+    assert int(scores["polyps_missed"]) == 1 and int(scores["false_detections"]) == 1
+    assert float(scores["detection_recall"]) == pytest.approx(0.5)
+    assert float(scores["detection_precision"]) == pytest.approx(0.5)
+    boxed = SegmentationMetrics()
+    boxed.update(pred, target, truth_boxes=[[(2, 2, 10, 10)]])
+    assert float(boxed.compute()["detection_recall"]) == pytest.approx(1.0)
+
+
+def test_read_truth_boxes_scales_to_the_evaluation_size(tmp_path):
+    import json
+
+    from polypseg.evaluation import read_truth_boxes
+
+    assert read_truth_boxes(tmp_path, 256) is None
+    entry = {
+        "height": 512,
+        "width": 1024,
+        "bbox": [{"label": "polyp", "xmin": 0, "ymin": 256, "xmax": 512, "ymax": 512}],
+    }
+    (tmp_path / "kavsir_bboxes.json").write_text(json.dumps({"a": entry}))
+    assert read_truth_boxes(tmp_path, 256) == {"a": [(0, 128, 128, 256)]}
+    (tmp_path / "kavsir_bboxes.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="kavsir_bboxes.json"):
+        read_truth_boxes(tmp_path, 256)

@@ -209,6 +209,12 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--web", action="store_true", help="serve a web page instead (needs polypseg[demo])")
     parser.add_argument("--host", default="127.0.0.1", help="--web: interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="--web: port (default: 7860)")
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=20.0, help="--web: largest upload per file, in MB (default: 20)"
+    )
+    parser.add_argument(
+        "--max-megapixels", type=float, default=40.0, help="--web: largest image segmented, in MP (default: 40)"
+    )
     parser.set_defaults(handler=_demo, batch_size=4, backend="torch", precision="auto", opacity=0.4, min_polyp_area=0.1)
 
 
@@ -218,7 +224,13 @@ def _demo(args: argparse.Namespace) -> int:
     if args.web:
         from polypseg.webdemo import serve
 
-        serve(args.weights, host=args.host, port=args.port)
+        serve(
+            args.weights,
+            host=args.host,
+            port=args.port,
+            max_upload_mb=args.max_upload_mb,
+            max_megapixels=args.max_megapixels,
+        )
         return 0
     return _run_predict(args.weights, [str(bundled_examples_dir())], args)
 

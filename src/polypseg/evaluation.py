@@ -31,6 +31,37 @@ class EvaluationReport:
     split: str
     split_source: str
     images: int
+    detection_truth: str = "mask regions"
+
+
+BOXES_FILES = ("kavsir_bboxes.json", "bboxes.json")
+
+
+def read_truth_boxes(data_dir: str | Path, image_size: int) -> dict[str, list[tuple[int, int, int, int]]] | None:
+    """Ground-truth polyp boxes scaled to the evaluation resolution, from Kvasir-SEG's bounding-box file.
+
+    The file (``kavsir_bboxes.json``, misspelled as in the official archive, or ``bboxes.json``) maps
+    an image name to ``{"height", "width", "bbox": [{"xmin", "ymin", "xmax", "ymax"}, ...]}``. Returns
+    ``None`` when the folder has no such file (detection then uses the masks' connected regions).
+    """
+    for name in BOXES_FILES:
+        path = Path(data_dir) / name
+        if path.exists():
+            break
+    else:
+        return None
+    try:
+        entries = json.loads(path.read_text())
+        boxes = {}
+        for image, entry in entries.items():
+            sx, sy = image_size / float(entry["width"]), image_size / float(entry["height"])
+            boxes[image] = [
+                (round(b["xmin"] * sx), round(b["ymin"] * sy), round(b["xmax"] * sx), round(b["ymax"] * sy))
+                for b in entry["bbox"]
+            ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a bounding-box file of the Kvasir-SEG format ({error})") from None
+    return boxes
 
 
 def resolve_split(
@@ -94,8 +125,10 @@ def run_evaluation(
     image_size = int(config.get("input_size", [256, 256])[0])
     boundary = int(config.get("boundary_width_px", 3))
     pairs = load_pairs([by_name[name] for name in names], image_size)
-    result = evaluate(model, pairs, batch_size=batch_size, boundary_width_px=boundary)
-    report = EvaluationReport(result, split, source, len(names))
+    boxes = read_truth_boxes(data_dir, image_size)
+    result = evaluate(model, pairs, batch_size=batch_size, boundary_width_px=boundary, truth_boxes=boxes)
+    detection_truth = "bounding-box file" if boxes is not None else "mask regions"
+    report = EvaluationReport(result, split, source, len(names), detection_truth)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {
@@ -104,6 +137,7 @@ def run_evaluation(
             "split": split,
             "split_source": source,
             "images": len(names),
+            "detection_truth": detection_truth,
             "image_size": image_size,
             "metrics": {key: round(value, 6) for key, value in result.metrics.items()},
         }
@@ -133,6 +167,17 @@ def format_table(report: EvaluationReport) -> str:
     lines.append(
         f"polyp precision {m['polyp_precision']:.4f} / recall {m['polyp_recall']:.4f} (per image), "
         f"{m['polyp_precision_dataset']:.4f} / {m['polyp_recall_dataset']:.4f} (dataset-level)"
+    )
+    if "polyp_mean_dice_pranet" in m:
+        lines.append(
+            f"polyp mean Dice, PraNet protocol (256 thresholds) {m['polyp_mean_dice_pranet']:.4f}, "
+            f"best threshold {m['polyp_max_dice_pranet']:.4f}"
+        )
+    lines.append(
+        f"polyps found (box IoU >= 0.5): recall {m['detection_recall']:.4f} "
+        f"({int(m['polyps_detected'])}/{int(m['polyps_true'])}, {int(m['polyps_missed'])} missed), "
+        f"precision {m['detection_precision']:.4f} ({int(m['false_detections'])} false detections; "
+        f"truth: {report.detection_truth})"
     )
     lines.append(f"loss {m['loss']:.4f}")
     return "\n".join(lines)

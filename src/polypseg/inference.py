@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy import ndimage
 
 from polypseg.backends import Backend, TorchBackend
 from polypseg.classes import BOUNDARY, POLYP, classes_to_mask
 from polypseg.data import resize_image
 from polypseg.io import IMAGE_SUFFIXES, InputError, atomic_save, atomic_write_text, read_image
+from polypseg.metrics import PolypRegion, find_polyps
 from polypseg.model import UNet
 from polypseg.weights import read_model_config
 
@@ -53,14 +53,6 @@ CLASS_PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (0, 200, 0), (255,
 #: The three image outputs written per input.
 OUTPUT_SUFFIXES = ("_classes.png", "_mask.png", "_overlay.png")
 CSV_COLUMNS = ("file", "width", "height", "polyp_area_percent", "polyps", "boxes")
-
-
-@dataclass(frozen=True)
-class PolypRegion:
-    """One connected polyp region: pixel count and box ``(x_min, y_min, x_max, y_max)``, max exclusive."""
-
-    pixels: int
-    box: tuple[int, int, int, int]
 
 
 @dataclass
@@ -85,21 +77,6 @@ class Prediction:
     def polyp_area_percent(self) -> float:
         """Share of the image covered by the polyp mask, in percent."""
         return 100.0 * float(self.polyp_mask.mean())
-
-
-def find_polyps(mask: np.ndarray, min_pixels: int = 0) -> list[PolypRegion]:
-    """Connected regions (8-connectivity) of a boolean mask with at least ``min_pixels`` pixels, largest first."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if count == 0:
-        return []
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    regions = []
-    for label, slices in enumerate(ndimage.find_objects(labels), start=1):
-        if slices is None or sizes[label] < max(min_pixels, 1):
-            continue
-        rows, cols = slices
-        regions.append(PolypRegion(int(sizes[label]), (cols.start, rows.start, cols.stop, rows.stop)))
-    return sorted(regions, key=lambda region: -region.pixels)
 
 
 def overlay(image: np.ndarray, class_map: np.ndarray, opacity: float = 0.4) -> np.ndarray:

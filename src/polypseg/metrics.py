@@ -7,6 +7,14 @@ Conventions (also in the README):
   figure: the mean of the background, polyp and boundary Dice), are dataset-level.
 * **Per-image** ("mean") scores take the ratio per image, then the mean over images: the polyp
   literature's convention for the binary polyp Dice/IoU/precision/recall.
+* **Literature "mean Dice"** (PraNet protocol): the polyp probability map (softmax of polyp + boundary)
+  of each image is min-max normalised and quantised to 256 levels, binarized at the 256 thresholds
+  0, 1/255, ..., 1 (``p >= t``), the Dice of each threshold is averaged over images, then over thresholds
+  (``polyp_mean_dice_pranet``; the best threshold's mean is ``polyp_max_dice_pranet``).
+* **Polyp-level detection**: each connected predicted region (8-connectivity, at least
+  ``min_region_fraction`` of the image) is a detection; its box is matched one-to-one, greedily by IoU,
+  to the ground-truth boxes at box IoU >= 0.5. Recall = matched / ground-truth polyps, precision =
+  matched / detections; ``polyps_missed`` counts unmatched ground-truth polyps.
 * **Empty masks.** A ratio whose numerator and denominator are both 0 (e.g. Dice of an image with no
   polyp in the truth and none predicted) counts as 1 when the prediction equals the truth (both empty)
   and 0 otherwise. Predicting nothing on an image that has a polyp gives Dice, IoU, recall and precision 0.
@@ -14,13 +22,102 @@ Conventions (also in the README):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+from scipy import ndimage
 from torchmetrics import Metric
 from torchmetrics.functional.classification import multiclass_stat_scores
 
 from polypseg.classes import CLASS_NAMES, classes_to_mask
 
-__all__ = ["SegmentationMetrics", "binary_image_scores", "class_counts", "ratio"]
+__all__ = [
+    "PolypRegion",
+    "SegmentationMetrics",
+    "binary_image_scores",
+    "box_iou",
+    "class_counts",
+    "find_polyps",
+    "match_boxes",
+    "ratio",
+    "threshold_dice_curves",
+]
+
+THRESHOLDS = 256
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class PolypRegion:
+    """One connected polyp region: pixel count and box ``(x_min, y_min, x_max, y_max)``, max exclusive."""
+
+    pixels: int
+    box: Box
+
+
+def find_polyps(mask: np.ndarray, min_pixels: int = 0) -> list[PolypRegion]:
+    """Connected regions (8-connectivity) of a boolean mask with at least ``min_pixels`` pixels, largest first."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return []
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    regions = []
+    for label, slices in enumerate(ndimage.find_objects(labels), start=1):
+        if slices is None or sizes[label] < max(min_pixels, 1):
+            continue
+        rows, cols = slices
+        regions.append(PolypRegion(int(sizes[label]), (cols.start, rows.start, cols.stop, rows.stop)))
+    return sorted(regions, key=lambda region: -region.pixels)
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two boxes ``(x_min, y_min, x_max, y_max)`` (max exclusive)."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    intersection = max(width, 0) * max(height, 0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
+    return intersection / union if union > 0 else 0.0
+
+
+def match_boxes(predicted: Sequence[Sequence[float]], truth: Sequence[Sequence[float]], threshold: float = 0.5) -> int:
+    """Number of one-to-one matches at IoU >= ``threshold``, taking the highest-IoU pairs first."""
+    pairs = sorted(((box_iou(p, t), i, j) for i, p in enumerate(predicted) for j, t in enumerate(truth)), reverse=True)
+    used_predicted: set[int] = set()
+    used_truth: set[int] = set()
+    for iou, i, j in pairs:
+        if iou < threshold:
+            break
+        if i not in used_predicted and j not in used_truth:
+            used_predicted.add(i)
+            used_truth.add(j)
+    return len(used_truth)
+
+
+def threshold_dice_curves(probability: torch.Tensor, true_mask: torch.Tensor) -> torch.Tensor:
+    """Per-image Dice at 256 thresholds of min-max normalised, 8-bit quantised probability maps.
+
+    Args:
+        probability: (B, H, W) polyp probability.
+        true_mask: (B, H, W) boolean truth.
+
+    Returns:
+        (B, 256) float64: Dice of ``p >= k / 255`` for k = 0..255 (empty-mask convention as above).
+    """
+    flat = probability.detach().float().flatten(1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    levels = ((flat - low) / (high - low + 1e-8) * 255).round().long().clamp(0, 255)
+    truth = true_mask.flatten(1).bool()
+    curves = []
+    for image_levels, image_truth in zip(levels, truth, strict=True):
+        positive = torch.bincount(image_levels[image_truth], minlength=THRESHOLDS)
+        negative = torch.bincount(image_levels[~image_truth], minlength=THRESHOLDS)
+        tp = positive.flip(0).cumsum(0).flip(0)  # pixels with level >= k
+        fp = negative.flip(0).cumsum(0).flip(0)
+        fn = positive.sum() - tp
+        curves.append(ratio(2 * tp, 2 * tp + fp + fn, (fp == 0) & (fn == 0)))
+    return torch.stack(curves)
 
 
 def ratio(numerator: torch.Tensor, denominator: torch.Tensor, perfect: torch.Tensor) -> torch.Tensor:
@@ -82,16 +179,59 @@ class SegmentationMetrics(Metric):
         for name in ("dice", "iou", "precision", "recall"):
             self.add_state(f"image_{name}", default=[], dist_reduce_fx="cat")
         self.add_state("binary_counts", default=torch.zeros(3, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("curve_sum", default=torch.zeros(THRESHOLDS, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("curve_images", default=torch.tensor(0), dist_reduce_fx="sum")
+        # ground-truth polyps, detections, matches (box IoU >= 0.5)
+        self.add_state("detection_counts", default=torch.zeros(3, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:  # type: ignore[override]
-        """Add a batch: ``pred`` class maps (B, H, W) or logits (B, C, H, W); ``target`` (B, H, W)."""
+    def update(  # type: ignore[override]
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        truth_boxes: Sequence[Sequence[Box]] | None = None,
+        min_region_fraction: float = 0.001,
+    ) -> None:
+        """Add a batch.
+
+        Args:
+            pred: Logits (B, C, H, W) or class maps (B, H, W); logits also give the PraNet-protocol scores.
+            target: Class maps (B, H, W).
+            truth_boxes: Ground-truth polyp boxes per image at this resolution (default: the boxes of the
+                target mask's connected regions).
+            min_region_fraction: Smallest predicted region counted as a detection, as a share of the image.
+        """
+        pranet = None
         if pred.dim() == 4:
+            polyp_probability = pred.float().softmax(dim=1)[:, 1:].sum(dim=1)
+            curves = threshold_dice_curves(polyp_probability, classes_to_mask(target))
+            self.curve_sum += curves.sum(0).to(self.curve_sum.device)
+            self.curve_images += pred.shape[0]
+            pranet = curves.mean(1)
             pred = pred.argmax(dim=1)
         self.counts += class_counts(pred, target, len(self.class_names))
         scores = binary_image_scores(classes_to_mask(pred), classes_to_mask(target))
         for name in ("dice", "iou", "precision", "recall"):
             getattr(self, f"image_{name}").append(scores[name])
         self.binary_counts += torch.stack([scores["tp"].sum(), scores["fp"].sum(), scores["fn"].sum()])
+        min_pixels = int(np.ceil(min_region_fraction * pred.shape[-1] * pred.shape[-2]))
+        detection = []
+        for index, (image_pred, image_target) in enumerate(zip(pred, target, strict=True)):
+            detections = [r.box for r in find_polyps(classes_to_mask(image_pred).cpu().numpy(), min_pixels)]
+            if truth_boxes is not None:
+                truth = list(truth_boxes[index])
+            else:
+                truth = [r.box for r in find_polyps(classes_to_mask(image_target).cpu().numpy())]
+            detection.append([len(truth), len(detections), match_boxes(detections, truth)])
+        detection_tensor = torch.tensor(detection, dtype=torch.long).reshape(-1, 3)
+        self.detection_counts += detection_tensor.sum(0).to(self.detection_counts.device)
+        #: Per-image scores of the last batch (for per-image reports).
+        self.last_image_scores = {
+            **{key: scores[key] for key in ("dice", "iou", "precision", "recall")},
+            "polyps_true": detection_tensor[:, 0],
+            "polyps_detected": detection_tensor[:, 1],
+            "polyps_matched": detection_tensor[:, 2],
+            **({"mean_dice_pranet": pranet} if pranet is not None else {}),
+        }
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """Return the scores of everything seen since the last reset."""
@@ -116,6 +256,17 @@ class SegmentationMetrics(Metric):
         result["polyp_iou_dataset"] = ratio(btp, btp + bfp + bfn, bperfect)
         result["polyp_precision_dataset"] = ratio(btp, btp + bfp, bperfect)
         result["polyp_recall_dataset"] = ratio(btp, btp + bfn, bperfect)
+        if int(self.curve_images) > 0:
+            curve = self.curve_sum / self.curve_images
+            result["polyp_mean_dice_pranet"] = curve.mean()
+            result["polyp_max_dice_pranet"] = curve.max()
+        truth_count, detections, matched = self.detection_counts
+        result["detection_recall"] = ratio(matched, truth_count, detections == 0)
+        result["detection_precision"] = ratio(matched, detections, truth_count == 0)
+        result["polyps_true"] = truth_count
+        result["polyps_detected"] = matched
+        result["polyps_missed"] = truth_count - matched
+        result["false_detections"] = detections - matched
         images = self.image_dice
         result["images"] = torch.tensor(sum(v.numel() for v in images) if isinstance(images, list) else images.numel())
         return {key: value.float() for key, value in result.items()}

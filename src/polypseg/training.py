@@ -61,7 +61,7 @@ from polypseg.io import (
     remove_stale_temporaries,
 )
 from polypseg.losses import CombinedLoss, soft_dice_per_class
-from polypseg.metrics import SegmentationMetrics, binary_image_scores, class_counts, ratio
+from polypseg.metrics import SegmentationMetrics, class_counts, ratio
 from polypseg.model import UNet
 from polypseg.weights import save_pretrained
 
@@ -179,6 +179,8 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics = SegmentationMetrics()
         self.test_rows: list[dict[str, Any]] = []
         self.test_names: list[str] = []
+        #: Ground-truth polyp boxes by dataset index, at the evaluation resolution (else: from the masks).
+        self.test_truth_boxes: dict[int, list[tuple[int, int, int, int]]] = {}
         self._loss_sum = 0.0
         self._loss_images = 0
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
@@ -266,9 +268,10 @@ class SegmentationModule(L.LightningModule):
         loss = self.loss(logits, targets)
         self._loss_sum += float(loss) * len(images)
         self._loss_images += len(images)
+        boxes = [self.test_truth_boxes.get(i, []) for i in index.tolist()] if self.test_truth_boxes else None
+        self.test_metrics.update(logits, targets, truth_boxes=boxes)
+        scores = self.test_metrics.last_image_scores
         pred = logits.argmax(1)
-        self.test_metrics.update(pred, targets)
-        scores = binary_image_scores(classes_to_mask(pred), classes_to_mask(targets))
         for row, i in enumerate(index.tolist()):
             counts = class_counts(pred[row], targets[row], NUM_CLASSES)
             tp, fp, fn = counts.unbind(1)
@@ -277,9 +280,11 @@ class SegmentationModule(L.LightningModule):
                 {
                     "name": self.test_names[i] if i < len(self.test_names) else str(i),
                     **{f"polyp_{k}": float(scores[k][row]) for k in ("dice", "iou", "precision", "recall")},
+                    "polyp_mean_dice_pranet": float(scores["mean_dice_pranet"][row]),
                     **{f"dice_{n}": float(class_dice[c]) for c, n in enumerate(CLASS_NAMES)},
                     "polyp_pixels_true": int(classes_to_mask(targets[row]).sum()),
                     "polyp_pixels_pred": int(classes_to_mask(pred[row]).sum()),
+                    **{k: int(scores[k][row]) for k in ("polyps_true", "polyps_detected", "polyps_matched")},
                 }
             )
 
@@ -607,11 +612,22 @@ def evaluate(
     boundary_width_px: int = 3,
     precision: str = "32",
     accelerator: str = "auto",
+    truth_boxes: dict[str, list[tuple[int, int, int, int]]] | None = None,
 ) -> EvaluationResult:
     """Score ``model`` on cached pairs with the training loop's test step (loss and every metric).
 
     The loss is averaged over images (each batch's loss weighted by its size); see
     :mod:`polypseg.metrics` for the Dice/IoU conventions.
+
+    Args:
+        model: The U-Net.
+        pairs: Cached images and masks at the evaluation resolution.
+        batch_size: Images per batch (the loss's Dice term is per batch, as in training).
+        boundary_width_px: Boundary class width used to build the targets.
+        precision: Lightning precision name.
+        accelerator: Lightning accelerator.
+        truth_boxes: Ground-truth polyp boxes by image name, at the evaluation resolution, for the
+            polyp-level detection scores (default: the boxes of the masks' connected regions).
     """
     config = TrainConfig(
         base_channels=model.base_channels,
@@ -626,6 +642,8 @@ def evaluate(
     module.model.load_state_dict(model.state_dict())
     module._channels_last()
     module.test_names = list(pairs.names)
+    if truth_boxes is not None:
+        module.test_truth_boxes = {i: truth_boxes.get(name, []) for i, name in enumerate(pairs.names)}
     trainer = _trainer(config, None, [], enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, dataloaders=_loader(pairs, config, shuffle=False), verbose=False)
     scores = {key: float(value) for key, value in module.test_metrics.compute().items()}
