@@ -315,17 +315,19 @@ def predict_files(
         report(Path(problem.split(": ")[0]), None, problem)
     stems = dict(zip(paths, _output_stems(paths), strict=True))
 
-    def flush(batch: list[tuple[Path, np.ndarray]]) -> None:
-        for (path, image), prediction in zip(batch, predictor.predict_batch([img for _, img in batch]), strict=True):
-            stem = stems[path]
-            try:
-                _write_outputs(out_dir, stem, image, prediction, opacity)
-            except OSError as error:
-                message = f"{path}: cannot write outputs ({error})"
+    # PNG encoding runs in a writer thread (zlib releases the GIL) while the next batch is decoded and
+    # segmented; at most 2 x batch_size results wait to be written, so memory stays bounded.
+    pending: deque[tuple[Path, np.ndarray, Prediction, Future]] = deque()
+
+    def finish(keep: int) -> None:
+        while len(pending) > keep:
+            path, image, prediction, future = pending.popleft()
+            error = future.exception()
+            if error is not None:
+                message = f"{path}: cannot write outputs ({' '.join(str(error).split())})"
                 summary.errors.append(message)
                 report(path, None, message)
                 continue
-            boxes = [list(region.box) for region in prediction.polyps]
             summary.rows.append(
                 {
                     "file": str(path),
@@ -333,28 +335,36 @@ def predict_files(
                     "height": image.shape[0],
                     "polyp_area_percent": round(prediction.polyp_area_percent, 3),
                     "polyps": len(prediction.polyps),
-                    "boxes": json.dumps(boxes),
+                    "boxes": json.dumps([list(region.box) for region in prediction.polyps]),
                 }
             )
             report(path, prediction, None)
+
+    def flush(batch: list[tuple[Path, np.ndarray]], writer: ThreadPoolExecutor) -> None:
+        for (path, image), prediction in zip(batch, predictor.predict_batch([img for _, img in batch]), strict=True):
+            future = writer.submit(_write_outputs, out_dir, stems[path], image, prediction, opacity)
+            pending.append((path, image, prediction, future))
+            finish(keep=2 * batch_size)
         batch.clear()
 
     batch: list[tuple[Path, np.ndarray]] = []
-    for path, result in _read_ahead(paths, lookahead=2 * batch_size):
-        if isinstance(result, InputError):
-            summary.errors.append(str(result))
-            report(path, None, str(result))
-            continue
-        existing = [out_dir / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
-        if not overwrite and any(p.exists() for p in existing):
-            message = f"{path}: output {next(p for p in existing if p.exists())} exists; pass --overwrite"
-            summary.errors.append(message)
-            report(path, None, message)
-            continue
-        batch.append((path, result))
-        if len(batch) >= batch_size:
-            flush(batch)
-    flush(batch)
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for path, result in _read_ahead(paths, lookahead=2 * batch_size):
+            if isinstance(result, InputError):
+                summary.errors.append(str(result))
+                report(path, None, str(result))
+                continue
+            existing = [out_dir / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
+            if not overwrite and any(p.exists() for p in existing):
+                message = f"{path}: output {next(p for p in existing if p.exists())} exists; pass --overwrite"
+                summary.errors.append(message)
+                report(path, None, message)
+                continue
+            batch.append((path, result))
+            if len(batch) >= batch_size:
+                flush(batch, writer)
+        flush(batch, writer)
+        finish(keep=0)
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
