@@ -20,6 +20,8 @@ from polypseg.model import UNet
 from polypseg.weights import bundled_examples_dir, save_pretrained
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: An upload name with Markdown and HTML in it (without the characters Gradio strips from upload names).
+HOSTILE_NAME = "[x](y) _a_ &amp; ~~b~~ #c www.d.com.jpg"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -54,7 +56,7 @@ def balanced_weights(tmp_path, example) -> Path:
 
 
 def test_summary_rounds_like_predictions_csv(balanced_weights, example, tmp_path):
-    from polypseg.webdemo import segment_paths, summary_markdown
+    from polypseg.webdemo import escape_markdown, segment_paths, summary_markdown
 
     predictor = Predictor.from_pretrained(balanced_weights)
     items, errors = segment_paths(predictor, [example, tmp_path / "missing.jpg"])
@@ -63,7 +65,7 @@ def test_summary_rounds_like_predictions_csv(balanced_weights, example, tmp_path
     with (tmp_path / "out" / "predictions.csv").open() as handle:
         row = next(csv.DictReader(handle))
     cells = [cell.strip() for cell in summary_markdown(items, errors).splitlines()[2].strip("|").split("|")]
-    assert cells[0] == example.name
+    assert cells[0] == escape_markdown(example.name) and cells[5] == escape_markdown(f"{example.stem}_mask.png")
     assert cells[2] == row["polyp_area_percent"] and cells[3] == row["polyps"] and cells[4] == row["boxes"]
     assert 0 < float(cells[2]) < 100
 
@@ -78,12 +80,129 @@ def test_overlay_shows_the_boxes(balanced_weights, example):
     assert tuple(picture[y_min, x_min]) == BOX_COLOUR
 
 
+def test_bad_uploads_get_one_line_each_and_the_rest_is_segmented(balanced_weights, example, tmp_path):
+    from polypseg.webdemo import segment_paths
+
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image\n")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(example.read_bytes()[:2000])
+    large = tmp_path / "large.png"
+    Image.new("RGB", (1100, 1000)).save(large)
+    items, errors = segment_paths(
+        Predictor.from_pretrained(balanced_weights), [text, truncated, example, large], max_pixels=1_000_000
+    )
+    assert [item.name for item in items] == [example.name]
+    assert [error.split(":")[0] for error in errors] == ["notes.jpg", "truncated.jpg", "large.png"]
+    assert all("\n" not in error and "Traceback" not in error for error in errors)
+    assert "not an image" in errors[0] and "1,100,000 pixels, over this page's 1,000,000" in errors[2]
+
+
+def test_uploads_of_one_name_get_their_own_masks(balanced_weights, tmp_path):
+    from polypseg.webdemo import _write_masks, segment_paths
+
+    first, second, third = (tmp_path / "one" / "a.jpg", tmp_path / "two" / "a.jpg", tmp_path / "a.png")
+    examples = sorted(bundled_examples_dir().glob("*.jpg"))
+    for path, source in zip((first, second, third), examples, strict=False):
+        path.parent.mkdir(exist_ok=True)
+        Image.open(source).save(path)
+    items, _ = segment_paths(Predictor.from_pretrained(balanced_weights), [first, second, third])
+    assert [item.name for item in items] == ["a.jpg", "a.jpg", "a.png"]
+    masks = [Path(path) for path in _write_masks(items, tmp_path / "masks")]
+    assert [path.name for path in masks] == ["a_mask.png", "a-2_mask.png", "a-3_mask.png"]
+    for item, path in zip(items, masks, strict=True):
+        assert np.array_equal(np.asarray(Image.open(path)) > 0, item.prediction.polyp_mask)
+
+
+def test_file_names_cannot_inject_markdown_or_html(balanced_weights, example):
+    """A hostile name renders as exactly itself, in its own cell (checked with a CommonMark renderer)."""
+    from html.parser import HTMLParser
+
+    markdown_it = pytest.importorskip("markdown_it")
+    from polypseg.webdemo import Segmented, summary_markdown
+
+    name = "a|b *c* _d_ [e](f) <b>g</b> <script>h</script> &amp; `i` ~~j~~ $$k$$ \\l\nm.jpg"
+    prediction = Predictor.from_pretrained(balanced_weights).predict(read_image(example))
+    item = Segmented(name, np.zeros((2, 3, 3), np.uint8), prediction, "stem")
+    rendered = (
+        markdown_it.MarkdownIt("commonmark")
+        .enable(["table", "strikethrough"])
+        .render(summary_markdown([item], [f"{name}: not an image"]))
+    )
+
+    class Text(HTMLParser):
+        """The text of each table cell and paragraph, and every tag used."""
+
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.blocks: list[str] = []
+            self.tags: set[str] = set()
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            self.tags.add(tag)
+            if tag in ("td", "p"):
+                self.blocks.append("")
+
+        def handle_data(self, data: str) -> None:
+            if self.blocks:
+                self.blocks[-1] += data
+
+    parsed = Text()
+    parsed.feed(rendered)
+    shown = name.replace("\n", "\\n")
+    blocks = [block.strip() for block in parsed.blocks]
+    assert blocks == [
+        shown,
+        "3 x 2",
+        *blocks[2:5],
+        "stem_mask.png",
+        f"Not segmented: {shown}: not an image",
+    ]
+    assert parsed.tags <= {"table", "thead", "tbody", "tr", "th", "td", "p", "strong"}
+
+
+def test_host_warning_only_off_loopback():
+    from polypseg.webdemo import host_warning
+
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        assert host_warning(host) is None
+    for host in ("0.0.0.0", "::", "192.168.1.20", "polyp-lab.example.org"):
+        warning = host_warning(host)
+        assert warning is not None and host in warning and "no authentication" in warning and "\n" not in warning
+
+
 def test_cli_demo_web_serves_on_localhost_by_default(monkeypatch):
+    from polypseg.webdemo import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_UPLOAD_MB
+
     calls = []
-    monkeypatch.setattr("polypseg.webdemo.serve", lambda weights, host, port: calls.append((weights, host, port)))
+    monkeypatch.setattr("polypseg.webdemo.serve", lambda weights, **options: calls.append((weights, options)))
     assert main(["demo", "--web"]) == 0
-    assert main(["demo", "--web", "--weights", "w", "--host", "0.0.0.0", "--port", "8000"]) == 0
-    assert calls == [(None, "127.0.0.1", 7860), ("w", "0.0.0.0", 8000)]
+    assert main(["demo", "--web", "--weights", "w", "--host", "0.0.0.0", "--port", "8000", "--max-upload-mb", "5"]) == 0
+    assert main(["demo", "--web", "--max-megapixels", "12.5"]) == 0
+    defaults = {"max_upload_mb": DEFAULT_MAX_UPLOAD_MB, "max_megapixels": DEFAULT_MAX_MEGAPIXELS}
+    assert calls == [
+        (None, {"host": "127.0.0.1", "port": 7860, **defaults}),
+        ("w", {"host": "0.0.0.0", "port": 8000, **defaults, "max_upload_mb": 5.0}),
+        (None, {"host": "127.0.0.1", "port": 7860, **defaults, "max_megapixels": 12.5}),
+    ]
+
+
+def test_serve_sets_the_limits_and_warns_off_loopback(monkeypatch, balanced_weights, capsys):
+    gradio = pytest.importorskip("gradio")
+    from polypseg.webdemo import DEFAULT_QUEUE_SIZE, serve
+
+    launched = []
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **options: launched.append(options))
+    demo = serve(balanced_weights, host="0.0.0.0", port=8000, block=False, max_upload_mb=3)
+    assert "warning: the web demo listens on 0.0.0.0" in capsys.readouterr().err
+    assert launched[0]["server_name"] == "0.0.0.0" and launched[0]["max_file_size"] == 3 * 2**20
+    assert demo._queue.max_size == DEFAULT_QUEUE_SIZE
+    segmenting = [fn for fn in demo.fns.values() if fn.api_name in ("segment", "example")]
+    assert len(segmenting) == 2 and {(fn.concurrency_limit, fn.concurrency_id) for fn in segmenting} == {(1, "network")}
+    serve(balanced_weights, block=False)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="must be positive"):
+        serve(balanced_weights, block=False, max_upload_mb=0)
 
 
 def _free_port() -> int:
@@ -114,13 +233,27 @@ def test_page_in_a_browser_reports_what_predict_reports(balanced_weights, exampl
                 page = browser.new_page()
                 page.set_default_timeout(30_000)
                 page.goto(f"http://127.0.0.1:{port}/")
-                page.locator("#inputs input[type=file]").set_input_files(str(example))
+                # The example, and two other images that share a name meant to break Markdown and HTML.
+                other_examples = sorted(bundled_examples_dir().glob("*.jpg"))[1:3]
+                page.locator("#inputs input[type=file]").set_input_files(
+                    [
+                        {"name": name, "mimeType": "image/jpeg", "buffer": path.read_bytes()}
+                        for name, path in [(example.name, example)] + [(HOSTILE_NAME, path) for path in other_examples]
+                    ]
+                )
                 page.wait_for_function(
                     "name => document.querySelector('#summary').innerText.includes(name)", arg=example.name
                 )
-                row = next(line for line in page.locator("#summary").inner_text().splitlines() if example.name in line)
-                cells = [cell.strip() for cell in row.split("\t")]
+                rows = [line.split("\t") for line in page.locator("#summary").inner_text().splitlines()]
+                cells = next([cell.strip() for cell in row] for row in rows if row[0].strip() == example.name)
                 assert cells[2] == expected["polyp_area_percent"] and cells[3] == expected["polyps"]
+                assert [row[-1].strip() for row in rows if row[0].strip() == HOSTILE_NAME] == [
+                    f"{Path(HOSTILE_NAME).stem}_mask.png",
+                    f"{Path(HOSTILE_NAME).stem}-2_mask.png",
+                ]
+                assert page.locator("#summary :is(a, em, del, code, img, h1, h2, li)").count() == 0
+                downloads = [link.get_attribute("download") for link in page.locator("#masks a[download]").all()]
+                assert len(set(downloads)) == 3
 
                 # The overlay is shown, at the image's own size.
                 overlay_img = page.locator("#overlays img").first

@@ -363,8 +363,10 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
 def _benchmark(args: argparse.Namespace) -> int:
     from polypseg.benchmark import format_results, run_benchmark
 
-    print(format_results([]))
-    results = run_benchmark(quick=args.quick, seconds=args.seconds, out=args.out)
+    print("measuring, one case at a time (each in its own process):")
+    results = run_benchmark(quick=args.quick, seconds=args.seconds, out=args.out, progress=lambda row: print(" ", row))
+    print()
+    print(format_results(results))
     print("ratios: inference to PyTorch eager fp32 (same width and batch); training to training fp32")
     return 0 if all(result.error is None for result in results) else 1
 
