@@ -252,7 +252,7 @@ def load_backend(weights: str | Path | None = None, backend: str = "torch", prec
         weights: Weights (folder, file, run folder, ``hf://``; ``None``: bundled) or an export folder
             written by :func:`export_model` (``model.onnx`` / ``model.xml`` / ``model_int8.xml``).
         backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"``, or ``"auto"``: the first installed of
-            OpenVINO, ONNX Runtime, PyTorch.
+            ONNX Runtime, OpenVINO, PyTorch (see :func:`polypseg.backends.installed_backends`).
         precision: ``"auto"`` (bf16 where the CPU computes it natively, else fp32), ``"32"``, ``"bf16"``
             (torch, openvino) or ``"int8"`` (openvino, from an export made with ``--int8``).
 

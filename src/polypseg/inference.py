@@ -43,6 +43,7 @@ __all__ = [
     "PredictionSummary",
     "Predictor",
     "expand_inputs",
+    "output_stems",
     "overlay",
     "predict_files",
     "print_result",
@@ -227,7 +228,8 @@ class PredictionSummary:
         return not self.errors
 
 
-def _output_stems(paths: Sequence[Path]) -> list[str]:
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """Output name stems for input paths: the file stem, with ``-2``, ``-3``... for repeated stems."""
     seen: dict[str, int] = {}
     stems = []
     for path in paths:
@@ -313,7 +315,7 @@ def predict_files(
     report = on_result or (lambda path, prediction, error: None)
     for problem in problems:
         report(Path(problem.split(": ")[0]), None, problem)
-    stems = dict(zip(paths, _output_stems(paths), strict=True))
+    stems = dict(zip(paths, output_stems(paths), strict=True))
 
     # PNG encoding runs in a writer thread (zlib releases the GIL) while the next batch is decoded and
     # segmented; at most 2 x batch_size results wait to be written, so memory stays bounded.

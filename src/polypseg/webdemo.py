@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from polypseg.inference import CLASS_PALETTE, Prediction, Predictor, _output_stems, overlay
+from polypseg.inference import CLASS_PALETTE, Prediction, Predictor, output_stems, overlay
 from polypseg.io import IMAGE_SUFFIXES, InputError, atomic_save, read_image
 from polypseg.weights import bundled_examples_dir
 
@@ -130,7 +130,7 @@ def segment_paths(
         errors.append(f"{len(paths) - max_images} more files: at most {max_images} images are segmented at once")
         paths = paths[:max_images]
     loaded: list[tuple[Path, str, np.ndarray]] = []
-    for path, stem in zip(paths, _output_stems(paths), strict=True):
+    for path, stem in zip(paths, output_stems(paths), strict=True):
         try:
             loaded.append((path, stem, read_upload(path, max_pixels)))
         except InputError as error:
