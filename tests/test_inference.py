@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from polypseg.classes import BOUNDARY, POLYP
@@ -149,14 +150,26 @@ def test_same_stem_in_two_folders_gets_distinct_outputs(predictor, write_image, 
     assert (out / "x_mask.png").exists() and (out / "x-2_mask.png").exists()
 
 
-def test_bundled_model_finds_polyps_in_the_examples():
-    from polypseg.weights import bundled_examples_dir
+def test_bundled_model_segments_the_examples(real_subset):
+    """The shipped model on the shipped examples (Kvasir-SEG test images), scored against their masks.
 
+    The examples are the test images at the 10/30/50/70/90th percentile of the model's per-image Dice
+    (docs/results/bundled-test/per_image.csv), so one of them is a miss by construction; their mean
+    Dice at full resolution was 0.59 when the model was made.
+    """
+    from polypseg.io import read_image, read_mask
+    from polypseg.metrics import binary_image_scores
+    from polypseg.weights import bundled_examples_dir, read_model_config
+
+    assert read_model_config()["base_channels"] == 16
     predictor = Predictor.from_pretrained(precision="32")
     examples = sorted(bundled_examples_dir().glob("*.jpg"))
     assert 4 <= len(examples) <= 6
-    from polypseg.io import read_image
-
-    predictions = predictor.predict_batch([read_image(p) for p in examples])
-    # Every example shows one polyp; a trained model finds a plausible area in each.
-    assert all(0.5 < p.polyp_area_percent < 80 for p in predictions)
+    dice = []
+    for path in examples:
+        prediction = predictor.predict(read_image(path))
+        truth = read_mask(real_subset / "masks" / path.name) >= 128
+        scores = binary_image_scores(torch.from_numpy(prediction.polyp_mask)[None], torch.from_numpy(truth)[None])
+        dice.append(float(scores["dice"][0]))
+    assert sum(dice) / len(dice) > 0.5, dice
+    assert sum(d > 0.4 for d in dice) >= 3, dice
