@@ -52,9 +52,10 @@ class Backend(Protocol):
 def installed_backends() -> list[str]:
     """The backends whose runtime is importable here, fastest fp32 first.
 
-    Order measured with ``polypseg benchmark`` on a 2-core AVX-512 CPU: ONNX Runtime fp32 ran 1.5-1.9x
-    PyTorch eager fp32, OpenVINO fp32 0.9-1.1x (OpenVINO's int8 is far faster, but needs an explicit
-    ``--int8`` export, so ``auto`` never picks it).
+    Order from ``polypseg benchmark`` on a 2-core AVX-512 CPU: for the small bundled model (width 16)
+    ONNX Runtime fp32 ran 1.2-1.5x PyTorch eager fp32 and OpenVINO fp32 0.75-1.1x (for width 64 OpenVINO
+    was ahead, 1.9x vs 1.5x). OpenVINO int8 is faster still but needs an explicit ``--int8`` export, so
+    ``auto`` never picks it.
     """
     found = [
         name
