@@ -140,3 +140,29 @@ def tiny_unet() -> torch.nn.Module:
 
     torch.manual_seed(0)
     return UNet(in_channels=3, num_classes=3, base_channels=8).eval()
+
+
+@pytest.fixture(scope="session")
+def partial_polyp_weights() -> Callable[..., Path]:
+    """Factory of untrained width-8 weights whose polyp class wins on a chosen share of an image's pixels.
+
+    A fresh U-Net calls every pixel one class; shifting the classifier's bias makes polyp beat background
+    on ``polyp_share`` of ``image``'s pixels (at 64x64) and the boundary class never win, so areas and
+    counts have something to disagree about. Usage: ``partial_polyp_weights(image, folder, 0.3)``.
+    """
+
+    def make(image: np.ndarray, folder: Path, polyp_share: float = 0.3) -> Path:
+        from polypseg.data import resize_image
+        from polypseg.model import UNet
+        from polypseg.weights import save_pretrained
+
+        torch.manual_seed(0)
+        model = UNet(base_channels=8).eval()
+        pixels = torch.from_numpy(resize_image(image, (64, 64)).copy()).permute(2, 0, 1)[None] / 255.0
+        with torch.no_grad():
+            logits = model(pixels)[0]
+            model.classifier.bias[1] -= (logits[1] - logits[0]).flatten().quantile(1.0 - polyp_share)
+            model.classifier.bias[2] = -30.0
+        return save_pretrained(model, folder, metadata={"input_size": [64, 64]})
+
+    return make

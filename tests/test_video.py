@@ -9,13 +9,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 from polypseg.cli import main
-from polypseg.data import resize_image
 from polypseg.inference import Predictor
-from polypseg.model import UNet
-from polypseg.weights import save_pretrained
 
 WIDTH, HEIGHT, FRAMES, FPS = 80, 48, 6, 10
 
@@ -45,16 +41,9 @@ def clip(tmp_path) -> Path:
 
 
 @pytest.fixture
-def weights(tmp_path) -> Path:
+def weights(tmp_path, partial_polyp_weights) -> Path:
     """Untrained weights whose polyp class wins on about a third of the first frame (not all or nothing)."""
-    torch.manual_seed(0)
-    model = UNet(base_channels=8).eval()
-    pixels = torch.from_numpy(resize_image(synthetic_frames()[0], (64, 64)).copy()).permute(2, 0, 1)[None] / 255.0
-    with torch.no_grad():
-        logits = model(pixels)[0]
-        model.classifier.bias[1] -= (logits[1] - logits[0]).flatten().quantile(0.67)
-        model.classifier.bias[2] = -30.0
-    return save_pretrained(model, tmp_path / "weights", metadata={"input_size": [64, 64]})
+    return partial_polyp_weights(synthetic_frames()[0], tmp_path / "weights", 0.33)
 
 
 def decode(path: Path) -> tuple[list[np.ndarray], Fraction]:

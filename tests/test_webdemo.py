@@ -9,15 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from polypseg.cli import main
-from polypseg.data import resize_image
 from polypseg.inference import Predictor, predict_files
 from polypseg.io import read_image
-from polypseg.model import UNet
-from polypseg.weights import bundled_examples_dir, save_pretrained
+from polypseg.weights import bundled_examples_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: An upload name with Markdown and HTML in it (without the characters Gradio strips from upload names).
@@ -39,20 +36,9 @@ def example() -> Path:
 
 
 @pytest.fixture
-def balanced_weights(tmp_path, example) -> Path:
-    """Untrained weights whose polyp mask covers part of the example (a fresh U-Net calls everything one class).
-
-    The classifier's bias is shifted so that polyp beats background on 30 % of the example's pixels and the
-    boundary class never wins; areas and counts then have something to disagree about.
-    """
-    torch.manual_seed(0)
-    model = UNet(base_channels=8).eval()
-    pixels = torch.from_numpy(resize_image(read_image(example), (64, 64)).copy()).permute(2, 0, 1)[None] / 255.0
-    with torch.no_grad():
-        logits = model(pixels)[0]
-        model.classifier.bias[1] -= (logits[1] - logits[0]).flatten().quantile(0.7)
-        model.classifier.bias[2] = -30.0
-    return save_pretrained(model, tmp_path / "weights", metadata={"input_size": [64, 64]})
+def balanced_weights(tmp_path, example, partial_polyp_weights) -> Path:
+    """Untrained weights whose polyp mask covers 30 % of the example (see conftest.partial_polyp_weights)."""
+    return partial_polyp_weights(read_image(example), tmp_path / "weights", 0.3)
 
 
 def test_summary_rounds_like_predictions_csv(balanced_weights, example, tmp_path):

@@ -17,14 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from polypseg.data import resize_image
 from polypseg.inference import Predictor
 from polypseg.io import read_image
-from polypseg.model import UNet
-from polypseg.weights import bundled_examples_dir, save_pretrained
+from polypseg.weights import bundled_examples_dir
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,16 +43,9 @@ def examples() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory, examples) -> Path:
+def weights(tmp_path_factory, examples, partial_polyp_weights) -> Path:
     """Untrained weights whose polyp mask covers about 30 % of the first example (as in test_webdemo.py)."""
-    torch.manual_seed(0)
-    model = UNet(base_channels=8).eval()
-    pixels = torch.from_numpy(resize_image(read_image(examples[0]), (64, 64)).copy()).permute(2, 0, 1)[None] / 255.0
-    with torch.no_grad():
-        logits = model(pixels)[0]
-        model.classifier.bias[1] -= (logits[1] - logits[0]).flatten().quantile(0.7)
-        model.classifier.bias[2] = -30.0
-    return save_pretrained(model, tmp_path_factory.mktemp("weights"), metadata={"input_size": [64, 64]})
+    return partial_polyp_weights(read_image(examples[0]), tmp_path_factory.mktemp("weights"), 0.3)
 
 
 @pytest.fixture(scope="module")
