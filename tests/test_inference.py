@@ -154,7 +154,7 @@ def test_bundled_model_segments_the_examples(real_subset):
     """The shipped model on the shipped examples (Kvasir-SEG test images), scored against their masks.
 
     The examples are the test images at the 10/30/50/70/90th percentile of the model's per-image Dice
-    (docs/results/bundled-test/per_image.csv), so one of them is a miss by construction; their mean
+    (docs/bundled-test/per_image.csv), so one of them is a miss by construction; their mean
     Dice at full resolution was 0.59 when the model was made.
     """
     from polypseg.io import read_image, read_mask
