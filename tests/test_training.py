@@ -230,3 +230,43 @@ def test_two_process_ddp_on_cpu(synthetic_dataset, tmp_path):
     best = json.loads((run / "best" / "config.json").read_text())["training"]
     report = run_evaluation(str(run), data, None, split="val")
     assert report.result.metrics["mean_dice"] == pytest.approx(best["val_metrics"]["val_dice"], abs=1e-5)
+
+
+def test_init_weights_starts_from_given_weights(synthetic_dataset, tmp_path):
+    from polypseg.training import _init_from_weights
+
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    first = tmp_path / "first"
+    train(tiny_config(epochs=1), data, first)
+    module = SegmentationModule(tiny_config().to_dict())
+    _init_from_weights(module, str(first))
+    expected = load_pretrained(first).state_dict()
+    for name, tensor in module.model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    # End to end: the fine-tuning run records where it started.
+    second = tmp_path / "second"
+    train(tiny_config(epochs=1, init_weights=str(first)), data, second)
+    assert load_config(second / "config.yaml").init_weights == str(first)
+
+
+def test_init_weights_of_another_width_is_refused(synthetic_dataset, tmp_path):
+    from polypseg.training import _init_from_weights
+    from polypseg.weights import WeightsError
+
+    module = SegmentationModule(tiny_config(base_channels=8).to_dict())
+    with pytest.raises(WeightsError, match="base_channels=16"):
+        _init_from_weights(module, "bundled")  # the bundled model is width 16
+    _init_from_weights(SegmentationModule(tiny_config(base_channels=16).to_dict()), "bundled")
+
+
+@pytest.mark.slow
+def test_compiled_training_keeps_plain_checkpoints(synthetic_dataset, tmp_path):
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1, compile=True), data, run)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert all(not key.startswith("_compiled") and "_orig_mod" not in key for key in checkpoint["state_dict"])
+    assert load_pretrained(run).base_channels == 4
+    # A compiled run resumes (and continues) like any other.
+    train(tiny_config(epochs=2, compile=True), None, run, resume=True)
+    assert [int(r["epoch"]) for r in read_rows(run / "metrics.csv")] == [0, 1]

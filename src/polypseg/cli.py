@@ -17,6 +17,7 @@ __all__ = ["main"]
 
 DEFAULT_DATA = "../shared/datasets/kvasir-seg"
 WEIGHTS_HELP = "weights folder, .safetensors, run folder or hf://OWNER/REPO[@REVISION] (default: bundled)"
+TTA_HELP = "flip test-time augmentation: average the predictions of the image and its 3 flips (4x slower)"
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +46,17 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    parser.add_argument(
+        "--init-weights",
+        default=None,
+        help="start from these weights (folder, .safetensors, hf://OWNER/REPO, or 'bundled') to fine-tune",
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model for training steps (slow start, faster steps)",
+    )
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps")
     parser.set_defaults(handler=_train)
 
@@ -73,6 +85,8 @@ def _train(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         seed=args.seed,
         max_images=args.max_images,
+        init_weights=args.init_weights,
+        compile=args.compile,
         split_sizes=parse_split_sizes(args.split_sizes) if args.split_sizes else None,
     )
     data = args.data if args.data is not None or args.resume else Path(DEFAULT_DATA)
@@ -97,6 +111,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for metrics.json and per_image.csv")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--overwrite", action="store_true", help="replace existing reports in --out")
+    parser.add_argument("--tta", action="store_true", help=TTA_HELP)
     parser.add_argument(
         "--report", action="store_true", help="also write dice_histogram.png and worst_cases.png into --out"
     )
@@ -120,6 +135,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         splits_file=args.splits,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        tta=args.tta,
     )
     print(format_table(report))
     if args.out is not None:
@@ -155,6 +171,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         default=0.1,
         help="regions under this %% of the image are not counted as polyps (default 0.1)",
     )
+    parser.add_argument("--tta", action="store_true", help=TTA_HELP)
     parser.set_defaults(handler=_predict)
 
 
@@ -163,7 +180,11 @@ def _run_predict(weights: str | None, inputs: Sequence[str], args: argparse.Name
     from polypseg.video import predict_videos, print_video_result, split_video_inputs
 
     predictor = Predictor.from_pretrained(
-        weights, backend=args.backend, precision=args.precision, min_polyp_fraction=args.min_polyp_area / 100.0
+        weights,
+        backend=args.backend,
+        precision=args.precision,
+        tta=args.tta,
+        min_polyp_fraction=args.min_polyp_area / 100.0,
     )
     videos, inputs = split_video_inputs(inputs)
     ok = True
@@ -206,6 +227,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--tta", action="store_true", help=TTA_HELP + "; not with --web")
     parser.add_argument("--web", action="store_true", help="serve a web page instead (needs polypseg[demo])")
     parser.add_argument("--host", default="127.0.0.1", help="--web: interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="--web: port (default: 7860)")
@@ -223,6 +245,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.web:
         from polypseg.webdemo import serve
+
+        if args.tta:
+            raise ValueError("--tta is not available with --web")
 
         serve(
             args.weights,

@@ -33,6 +33,7 @@ class TrainConfig:
     seed: int = 42  # split, initialisation and augmentation seed
     max_images: int | None = None  # use only the first N images (sorted by name): smoke runs
     augment: bool = False  # joint image+mask augmentation (kornia)
+    init_weights: str | None = None  # start from weights (folder, file, hf://, or "bundled"), not random
     # Optimisation
     epochs: int = 20
     batch_size: int = 8
@@ -53,6 +54,7 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # e.g. "ddp" for multi-GPU / multi-node (Lightning)
     channels_last: bool = True
+    compile: bool = False  # torch.compile the model for training steps (pays off on long CPU runs)
     num_workers: int = 0  # the data are cached tensors; workers rarely pay off
     deterministic: bool = False
     log_every_n_steps: int = 10

@@ -32,6 +32,7 @@ class EvaluationReport:
     split_source: str
     images: int
     detection_truth: str = "mask regions"
+    tta: bool = False
 
 
 BOXES_FILES = ("kavsir_bboxes.json", "bboxes.json")
@@ -106,8 +107,13 @@ def run_evaluation(
     splits_file: str | Path | None = None,
     batch_size: int = 8,
     overwrite: bool = False,
+    tta: bool = False,
 ) -> EvaluationReport:
-    """Evaluate weights on a split of a dataset folder and write ``metrics.json`` and ``per_image.csv``."""
+    """Evaluate weights on a split of a dataset folder and write ``metrics.json`` and ``per_image.csv``.
+
+    With ``tta`` the scores are those of flip test-time augmentation (:func:`polypseg.tta.flip_tta`);
+    ``metrics.json`` records ``"tta"`` either way.
+    """
     if out_dir is not None:
         out_dir = Path(out_dir)
         for name in ("metrics.json", "per_image.csv"):
@@ -126,9 +132,11 @@ def run_evaluation(
     boundary = int(config.get("boundary_width_px", 3))
     pairs = load_pairs([by_name[name] for name in names], image_size)
     boxes = read_truth_boxes(data_dir, image_size)
-    result = evaluate(model, pairs, batch_size=batch_size, boundary_width_px=boundary, truth_boxes=boxes)
+    result = evaluate(
+        model, pairs, batch_size=batch_size, boundary_width_px=boundary, truth_boxes=boxes, tta=tta
+    )
     detection_truth = "bounding-box file" if boxes is not None else "mask regions"
-    report = EvaluationReport(result, split, source, len(names), detection_truth)
+    report = EvaluationReport(result, split, source, len(names), detection_truth, tta)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {
@@ -139,6 +147,7 @@ def run_evaluation(
             "images": len(names),
             "detection_truth": detection_truth,
             "image_size": image_size,
+            "tta": tta,
             "metrics": {key: round(value, 6) for key, value in result.metrics.items()},
         }
         atomic_write_text(out_dir / "metrics.json", json.dumps(payload, indent=2) + "\n")
@@ -156,7 +165,8 @@ def format_table(report: EvaluationReport) -> str:
     """A plain-text table of the scores."""
     m = report.result.metrics
     lines = [
-        f"split {report.split}: {report.images} images ({report.split_source})",
+        f"split {report.split}: {report.images} images ({report.split_source})"
+        + (", flip test-time augmentation" if report.tta else ""),
         f"{'':28}{'Dice':>8}{'IoU':>8}",
     ]
     for name in CLASS_NAMES:

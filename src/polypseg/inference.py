@@ -3,7 +3,8 @@
 :class:`Predictor` separates "load the trained model" from "predict these images". Each image is resized
 to the network's input size exactly as in training (antialiased bilinear), the logits are resized back to
 the image's own size (bilinear) and the class map is their argmax there, so masks follow the original
-resolution rather than a blocky upscaled 256x256 map.
+resolution rather than a blocky upscaled 256x256 map. With ``tta=True`` the network's output is the flip
+test-time augmentation of :func:`polypseg.tta.flip_tta` (four network calls per batch).
 
 :func:`predict_files` streams files through a predictor: decoding runs ahead in threads, batches go
 through the network, outputs are written atomically, and memory does not grow with the number of files.
@@ -33,6 +34,7 @@ from polypseg.data import resize_image
 from polypseg.io import IMAGE_SUFFIXES, InputError, atomic_save, atomic_write_text, read_image
 from polypseg.metrics import PolypRegion, find_polyps
 from polypseg.model import UNet
+from polypseg.tta import flip_tta
 from polypseg.weights import read_model_config
 
 __all__ = [
@@ -111,6 +113,8 @@ class Predictor:
             else fp32), ``"32"`` or ``"bf16"``. A backend brings its own precision.
         min_polyp_fraction: Regions smaller than this share of the image are not counted as polyps
             (they stay in the mask). Default 0.1 %.
+        tta: Flip test-time augmentation (:func:`polypseg.tta.flip_tta`): average the predictions of the
+            image and its horizontal, vertical and double flips. Four times the inference time.
 
     Example:
         >>> predictor = Predictor.from_pretrained()  # the bundled model
@@ -126,11 +130,13 @@ class Predictor:
         device: str | torch.device = "cpu",
         precision: str = "auto",
         min_polyp_fraction: float = 0.001,
+        tta: bool = False,
     ) -> None:
         self.backend: Backend = TorchBackend(model, precision, device) if isinstance(model, UNet) else model
         self.image_size = image_size
         self.precision = self.backend.precision
         self.min_polyp_fraction = min_polyp_fraction
+        self.tta = tta
 
     @classmethod
     def from_pretrained(
@@ -138,6 +144,7 @@ class Predictor:
         weights: str | Path | None = None,
         backend: str = "torch",
         precision: str = "auto",
+        tta: bool = False,
         **kwargs: object,
     ) -> Predictor:
         """Load weights (see :func:`polypseg.load_pretrained`; ``None`` is the bundled model).
@@ -147,13 +154,14 @@ class Predictor:
             backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"auto"`` (the fastest installed;
                 see :func:`polypseg.export.load_backend`, which exports once and caches the result).
             precision: ``"auto"``, ``"32"``, ``"bf16"`` or (OpenVINO) ``"int8"``.
+            tta: Flip test-time augmentation (see the class), with any backend.
             **kwargs: Passed to the constructor (``min_polyp_fraction``, ``device``).
         """
         from polypseg.export import load_backend
 
         size = read_model_config(weights).get("input_size", [256, 256])
         loaded = load_backend(weights, backend, precision)
-        return cls(loaded, image_size=int(size[0]), **kwargs)  # type: ignore[arg-type]
+        return cls(loaded, image_size=int(size[0]), tta=tta, **kwargs)  # type: ignore[arg-type]
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Segment (H, W, 3) uint8 RGB images of any sizes; returns one :class:`Prediction` each."""
@@ -161,7 +169,9 @@ class Predictor:
             return []
         size = (self.image_size, self.image_size)
         batch = np.stack([resize_image(image, size) for image in images])
-        logits = torch.from_numpy(self.backend(batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0))
+        pixels = batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        # With TTA these are log-probabilities rather than logits: the argmax is taken the same way.
+        logits = torch.from_numpy(flip_tta(self.backend, pixels) if self.tta else self.backend(pixels))
         predictions = []
         for image, image_logits in zip(images, logits, strict=True):
             height, width = image.shape[:2]

@@ -17,7 +17,8 @@ killed in its first epoch). Batch order and augmentation depend only on the seed
 so the resumed run repeats exactly what the uninterrupted run would have done (bit for bit with
 ``deterministic: true``).
 
-:func:`evaluate` scores a model on cached pairs with the same LightningModule's test step.
+:func:`evaluate` scores a model on cached pairs with the same LightningModule's test step (optionally
+with flip test-time augmentation, :func:`polypseg.tta.flip_tta`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from polypseg.io import (
 from polypseg.losses import CombinedLoss, soft_dice_per_class
 from polypseg.metrics import SegmentationMetrics, class_counts, ratio
 from polypseg.model import UNet
+from polypseg.tta import flip_tta
 from polypseg.weights import save_pretrained
 
 __all__ = [
@@ -179,6 +181,8 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics = SegmentationMetrics()
         self.test_rows: list[dict[str, Any]] = []
         self.test_names: list[str] = []
+        #: Test with flip test-time augmentation: loss and every metric use the averaged prediction.
+        self.test_tta = False
         #: Ground-truth polyp boxes by dataset index, at the evaluation resolution (else: from the masks).
         self.test_truth_boxes: dict[int, list[tuple[int, int, int, int]]] = {}
         self._loss_sum = 0.0
@@ -186,6 +190,8 @@ class SegmentationModule(L.LightningModule):
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict[str, Any] | None = None
         self._channels_last()
+        # A compiled forward (not a registered submodule: the state dict keeps the plain model's names).
+        object.__setattr__(self, "_compiled", torch.compile(self.model) if self.config.compile else None)
 
     def _channels_last(self) -> None:
         if self.config.channels_last:
@@ -216,7 +222,7 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, targets, _ = batch
-        logits = self(images)
+        logits = self._compiled(images) if self._compiled is not None else self(images)
         loss = self.loss(logits, targets)
         dice = soft_dice_per_class(logits.detach(), targets).mean()
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
@@ -264,7 +270,8 @@ class SegmentationModule(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         images, targets, index = batch
-        logits = self(images)
+        # With TTA: log-probabilities, whose softmax/argmax/cross-entropy are those of the mean prediction.
+        logits = flip_tta(self, images) if self.test_tta else self(images)
         loss = self.loss(logits, targets)
         self._loss_sum += float(loss) * len(images)
         self._loss_images += len(images)
@@ -588,6 +595,8 @@ def train(
         enable_checkpointing=False,  # LastCheckpoint does it
     )
     module = SegmentationModule(config.to_dict())
+    if config.init_weights and not (resume and last.exists()):
+        _init_from_weights(module, config.init_weights)
     trainer.fit(
         module,
         train_dataloaders=_loader(pairs.subset(splits["train"]), config, shuffle=True),
@@ -595,6 +604,20 @@ def train(
         ckpt_path=str(last) if resume and last.exists() else None,
     )
     return TrainResult(run_dir, run_dir / "best", exporter.best, trainer.current_epoch, trainer.is_global_zero)
+
+
+def _init_from_weights(module: SegmentationModule, weights: str) -> None:
+    """Start training from pretrained weights (``config.init_weights``) of the same architecture."""
+    from polypseg.weights import WeightsError, load_pretrained
+
+    source = load_pretrained(None if weights == "bundled" else weights)
+    if (source.base_channels, source.head_kernel_size) != (module.model.base_channels, module.model.head_kernel_size):
+        raise WeightsError(
+            f"{weights}: init_weights has base_channels={source.base_channels}, head_kernel_size="
+            f"{source.head_kernel_size}; the run needs {module.model.base_channels}, {module.model.head_kernel_size}"
+        )
+    module.model.load_state_dict(source.state_dict())
+    module._channels_last()
 
 
 @dataclass
@@ -613,6 +636,7 @@ def evaluate(
     precision: str = "32",
     accelerator: str = "auto",
     truth_boxes: dict[str, list[tuple[int, int, int, int]]] | None = None,
+    tta: bool = False,
 ) -> EvaluationResult:
     """Score ``model`` on cached pairs with the training loop's test step (loss and every metric).
 
@@ -628,6 +652,9 @@ def evaluate(
         accelerator: Lightning accelerator.
         truth_boxes: Ground-truth polyp boxes by image name, at the evaluation resolution, for the
             polyp-level detection scores (default: the boxes of the masks' connected regions).
+        tta: Flip test-time augmentation (:func:`polypseg.tta.flip_tta`): the loss and every metric,
+            the PraNet-protocol probability maps included, use the average of the four flips'
+            probabilities. Four times the inference time.
     """
     config = TrainConfig(
         base_channels=model.base_channels,
@@ -642,6 +669,7 @@ def evaluate(
     module.model.load_state_dict(model.state_dict())
     module._channels_last()
     module.test_names = list(pairs.names)
+    module.test_tta = tta
     if truth_boxes is not None:
         module.test_truth_boxes = {i: truth_boxes.get(name, []) for i, name in enumerate(pairs.names)}
     trainer = _trainer(config, None, [], enable_progress_bar=False, enable_model_summary=False)
