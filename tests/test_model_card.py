@@ -180,3 +180,10 @@ def test_plain_snippet_in_the_card_runs(run_dir, tiny_unet, monkeypatch):
     exec(snippet, namespace)
     loaded = namespace["model"].state_dict()
     assert all(torch.equal(loaded[key], value) for key, value in tiny_unet.state_dict().items())
+
+
+def test_card_says_when_the_scores_used_tta(run_dir, metrics_json):
+    assert "test-time augmentation" not in _section(model_card(run_dir, metrics_json), "Evaluation")
+    report = json.loads(metrics_json.read_text())
+    metrics_json.write_text(json.dumps({**report, "tta": True}))
+    assert "with flip test-time augmentation" in _section(model_card(run_dir, metrics_json), "Evaluation")

@@ -91,3 +91,18 @@ def test_train_writes_training_curves(synthetic_dataset, tmp_path, capsys):
     assert "training_curves.png" in capsys.readouterr().out
     width, height = png_size(run / "training_curves.png")
     assert 800 <= width <= 2000 and 250 <= height <= 800
+
+
+def test_worst_cases_of_a_tta_evaluation_are_drawn_with_tta(tiny_unet, synthetic_dataset, tmp_path, monkeypatch):
+    import polypseg.reports as reports
+
+    data = synthetic_dataset(sizes=[(64, 64)] * 2)
+    weights = save_pretrained(tiny_unet, tmp_path / "weights", metadata={"input_size": [64, 64]})
+    calls = []
+    real = reports.flip_tta
+    monkeypatch.setattr(reports, "flip_tta", lambda model, images: calls.append(len(images)) or real(model, images))
+    names = ["sample_000", "sample_001"]
+    reports.plot_worst_cases(weights, data, names, tmp_path / "plain.png")
+    assert calls == []
+    reports.plot_worst_cases(weights, data, names, tmp_path / "tta.png", tta=True)
+    assert calls == [2] and (tmp_path / "tta.png").exists()

@@ -20,6 +20,7 @@ from polypseg.inference import Predictor
 from polypseg.io import read_image
 from polypseg.losses import CombinedLoss
 from polypseg.metrics import threshold_dice_curves
+from polypseg.model import UNet
 from polypseg.training import evaluate
 from polypseg.tta import FLIPS, flip_tta
 from polypseg.weights import load_pretrained, save_pretrained
@@ -35,45 +36,53 @@ def images() -> torch.Tensor:
 
 
 @pytest.fixture
-def partial_model(partial_polyp_weights, tmp_path):
-    """A width-8 U-Net whose polyp class wins on about 30% of a random image (so flips change things)."""
-    image = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    return load_pretrained(partial_polyp_weights(image, tmp_path / "partial", 0.3))
+def varied_unet() -> UNet:
+    """A random width-8 U-Net whose outputs vary from pixel to pixel (a fresh one is nearly constant).
+
+    BatchNorm running variances of 0.1 amplify the activations; all three classes win somewhere, and
+    the flips disagree on about a third of the pixels.
+    """
+    torch.manual_seed(0)
+    model = UNet(base_channels=8).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.fill_(0.1)
+    return model
 
 
 @pytest.mark.parametrize("dims", NON_TRIVIAL_FLIPS)
-def test_tta_is_exactly_flip_equivariant(tiny_unet, images, dims):
+def test_tta_is_exactly_flip_equivariant(varied_unet, images, dims):
     """TTA(flip(x)) == flip(TTA(x)) for a model that is not equivariant itself.
 
     Holds only if every flipped output is flipped back: forgetting one un-flip breaks it.
     """
     with torch.no_grad():
         # The model alone is far from equivariant, so the property below has teeth.
-        assert not torch.allclose(tiny_unet(images.flip(dims)), tiny_unet(images).flip(dims), atol=1e-3)
-        direct = flip_tta(tiny_unet, images)
-        of_flipped = flip_tta(tiny_unet, images.flip(dims))
+        assert not torch.allclose(varied_unet(images.flip(dims)), varied_unet(images).flip(dims), atol=1e-3)
+        direct = flip_tta(varied_unet, images)
+        of_flipped = flip_tta(varied_unet, images.flip(dims))
     torch.testing.assert_close(of_flipped, direct.flip(dims), rtol=1e-5, atol=1e-5)
 
 
-def test_tta_without_unflipping_is_not_equivariant(tiny_unet, images):
+def test_tta_without_unflipping_is_not_equivariant(varied_unet, images):
     """The equivariance test catches a forgotten un-flip (checked on a deliberately broken TTA)."""
 
     def broken_tta(x: torch.Tensor) -> torch.Tensor:
-        probs = [tiny_unet(x.flip(dims) if dims else x).softmax(1) for dims in FLIPS]  # no un-flip
+        probs = [varied_unet(x.flip(dims) if dims else x).softmax(1) for dims in FLIPS]  # no un-flip
         return torch.stack(probs).mean(0).log()
 
     with torch.no_grad():
         assert not torch.allclose(broken_tta(images.flip(-1)), broken_tta(images).flip(-1), atol=1e-3)
 
 
-def test_tta_is_the_log_of_the_mean_softmax(tiny_unet, images):
+def test_tta_is_the_log_of_the_mean_softmax(varied_unet, images):
     with torch.no_grad():
-        result = flip_tta(tiny_unet, images)
+        result = flip_tta(varied_unet, images)
         manual = (
-            tiny_unet(images).softmax(1)
-            + tiny_unet(images.flip(-1)).softmax(1).flip(-1)
-            + tiny_unet(images.flip(-2)).softmax(1).flip(-2)
-            + tiny_unet(images.flip(-2, -1)).softmax(1).flip(-2, -1)
+            varied_unet(images).softmax(1)
+            + varied_unet(images.flip(-1)).softmax(1).flip(-1)
+            + varied_unet(images.flip(-2)).softmax(1).flip(-2)
+            + varied_unet(images.flip(-2, -1)).softmax(1).flip(-2, -1)
         ) / 4
     assert result.shape == (2, NUM_CLASSES, 32, 48) and result.dtype == torch.float32
     torch.testing.assert_close(result.exp(), manual, rtol=1e-5, atol=1e-6)
@@ -82,9 +91,9 @@ def test_tta_is_the_log_of_the_mean_softmax(tiny_unet, images):
     assert torch.equal(result.argmax(1), manual.argmax(1))
 
 
-def test_tta_takes_numpy_backends(tiny_unet, images):
+def test_tta_takes_numpy_backends(varied_unet, images):
     """A numpy-in/numpy-out backend (the interface of ONNX Runtime and OpenVINO) gets the same result."""
-    backend = TorchBackend(tiny_unet, precision="32")
+    backend = TorchBackend(varied_unet, precision="32")
     seen = []
 
     def numpy_backend(batch: np.ndarray) -> np.ndarray:
@@ -96,36 +105,36 @@ def test_tta_takes_numpy_backends(tiny_unet, images):
     assert isinstance(result, np.ndarray) and result.dtype == np.float32
     assert len(seen) == 4 and np.array_equal(seen[1], images.numpy()[..., ::-1])
     with torch.no_grad():
-        expected = flip_tta(tiny_unet, images)
+        expected = flip_tta(varied_unet, images)
     np.testing.assert_allclose(result, expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
-def test_tta_on_onnxruntime_matches_torch(tiny_unet, images, tmp_path):
+def test_tta_on_onnxruntime_matches_torch(varied_unet, images, tmp_path):
     pytest.importorskip("onnxruntime")
     from polypseg.backends import OnnxRuntimeBackend
     from polypseg.export import export_onnx
 
-    backend = OnnxRuntimeBackend(export_onnx(tiny_unet, tmp_path / "model.onnx", image_size=64))
+    backend = OnnxRuntimeBackend(export_onnx(varied_unet, tmp_path / "model.onnx", image_size=64))
     with torch.no_grad():
-        expected = flip_tta(tiny_unet, images)
+        expected = flip_tta(varied_unet, images)
     np.testing.assert_allclose(flip_tta(backend, images.numpy()), expected.numpy(), rtol=1e-3, atol=1e-3)
 
 
-def test_predictor_tta_uses_flip_tta(partial_model):
+def test_predictor_tta_uses_flip_tta(varied_unet):
     image = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    plain = Predictor(partial_model, image_size=64, precision="32", min_polyp_fraction=0.0)
-    with_tta = Predictor(partial_model, image_size=64, precision="32", min_polyp_fraction=0.0, tta=True)
+    plain = Predictor(varied_unet, image_size=64, precision="32", min_polyp_fraction=0.0)
+    with_tta = Predictor(varied_unet, image_size=64, precision="32", min_polyp_fraction=0.0, tta=True)
     pixels = (resize_image(image, (64, 64)).transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
     expected = flip_tta(with_tta.backend, pixels).argmax(1)[0]
     assert np.array_equal(with_tta.predict(image).class_map, expected)
     assert not np.array_equal(plain.predict(image).class_map, expected)  # TTA changes this prediction
 
 
-def test_cli_predict_tta_writes_the_tta_class_maps(partial_polyp_weights, synthetic_dataset, tmp_path, capsys):
+def test_cli_predict_tta_writes_the_tta_class_maps(varied_unet, synthetic_dataset, tmp_path, capsys):
     data = synthetic_dataset()
     paths = sorted((data / "images").glob("*.jpg"))
-    weights = partial_polyp_weights(read_image(paths[0]), tmp_path / "weights", 0.3)
+    weights = save_pretrained(varied_unet, tmp_path / "weights", metadata={"input_size": [64, 64]})
     out = tmp_path / "out"
     args = ["predict", "--weights", str(weights), str(data / "images"), "--precision", "32"]
     assert main([*args, "--tta", "--out", str(out)]) == 0
@@ -146,16 +155,16 @@ def test_cli_predict_tta_writes_the_tta_class_maps(partial_polyp_weights, synthe
     assert differs  # the flag reached the predictor
 
 
-def test_evaluate_with_tta_scores_the_tta_prediction(partial_model, synthetic_dataset):
+def test_evaluate_with_tta_scores_the_tta_prediction(varied_unet, synthetic_dataset):
     """Loss, class maps and the PraNet probability-map metric of evaluate(tta=True) are the TTA output's."""
     data = synthetic_dataset(sizes=[(64, 64)] * 3, mask_suffix=".png")
     pairs = load_pairs(find_pairs(data), image_size=64)
     kwargs = {"batch_size": 2, "boundary_width_px": 1, "precision": "32", "accelerator": "cpu"}
-    plain = evaluate(partial_model, pairs, **kwargs)
-    result = evaluate(partial_model, pairs, tta=True, **kwargs)
+    plain = evaluate(varied_unet, pairs, **kwargs)
+    result = evaluate(varied_unet, pairs, tta=True, **kwargs)
     images, targets = pairs.images.float() / 255.0, mask_to_classes(pairs.masks.bool(), 1).long()
     with torch.no_grad():
-        log_probs = flip_tta(partial_model.eval(), images)
+        log_probs = flip_tta(varied_unet.eval(), images)
     predicted = classes_to_mask(log_probs.argmax(1))
     assert [row["polyp_pixels_pred"] for row in result.rows] == predicted.sum((1, 2)).tolist()
     config = TrainConfig()
@@ -165,12 +174,12 @@ def test_evaluate_with_tta_scores_the_tta_prediction(partial_model, synthetic_da
     pranet = threshold_dice_curves(log_probs.exp()[:, 1:].sum(1), classes_to_mask(targets)).mean(1)
     assert [row["polyp_mean_dice_pranet"] for row in result.rows] == pytest.approx(pranet.tolist(), abs=1e-3)
     assert result.metrics["polyp_mean_dice_pranet"] != plain.metrics["polyp_mean_dice_pranet"]
-    assert result.metrics["loss"] != pytest.approx(plain.metrics["loss"], abs=1e-4)
+    assert result.metrics["loss"] != pytest.approx(plain.metrics["loss"], abs=1e-3)
 
 
-def test_cli_evaluate_tta_records_it(tiny_unet, synthetic_dataset, tmp_path, capsys):
+def test_cli_evaluate_tta_records_it(varied_unet, synthetic_dataset, tmp_path, capsys):
     data = synthetic_dataset(sizes=[(64, 64)] * 3, mask_suffix=".png")
-    weights = save_pretrained(tiny_unet, tmp_path / "weights", metadata={"input_size": [64, 64]})
+    weights = save_pretrained(varied_unet, tmp_path / "weights", metadata={"input_size": [64, 64]})
     args = ["evaluate", "--weights", str(weights), "--data", str(data), "--split", "all", "--batch-size", "2"]
     assert main([*args, "--tta", "--out", str(tmp_path / "on")]) == 0
     assert "flip test-time augmentation" in capsys.readouterr().out.splitlines()[0]

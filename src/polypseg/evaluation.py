@@ -132,9 +132,7 @@ def run_evaluation(
     boundary = int(config.get("boundary_width_px", 3))
     pairs = load_pairs([by_name[name] for name in names], image_size)
     boxes = read_truth_boxes(data_dir, image_size)
-    result = evaluate(
-        model, pairs, batch_size=batch_size, boundary_width_px=boundary, truth_boxes=boxes, tta=tta
-    )
+    result = evaluate(model, pairs, batch_size=batch_size, boundary_width_px=boundary, truth_boxes=boxes, tta=tta)
     detection_truth = "bounding-box file" if boxes is not None else "mask regions"
     report = EvaluationReport(result, split, source, len(names), detection_truth, tta)
     if out_dir is not None:

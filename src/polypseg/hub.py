@@ -592,6 +592,7 @@ def _evaluation_section(sources: _Sources) -> str:
         f"Measured with `polypseg evaluate` on the **{evaluation.get('split', 'n/a')}** split "
         f"({evaluation.get('images', 'n/a')} images; split from {split_source or 'n/a'})"
         + (f", at {size}x{size}" if size else "")
+        + (", with flip test-time augmentation (`--tta`)" if evaluation.get("tta") else "")
         + ". Per-class and 3-class figures are dataset-level (pixel counts summed over all images); the binary "
         "polyp figures are given as the mean over images and dataset-level.\n"
     )

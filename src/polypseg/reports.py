@@ -24,6 +24,7 @@ from polypseg.classes import mask_to_classes
 from polypseg.data import find_pairs, load_pairs
 from polypseg.inference import CLASS_PALETTE
 from polypseg.io import atomic_save
+from polypseg.tta import flip_tta
 from polypseg.weights import load_pretrained, read_model_config
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ def plot_worst_cases(
     names: Sequence[str],
     out_png: str | Path,
     scores: dict[str, float] | None = None,
+    tta: bool = False,
 ) -> Path:
     """Image, ground truth and prediction (class maps) of ``names``, one row each, at the evaluation resolution.
 
@@ -118,6 +120,7 @@ def plot_worst_cases(
         names: Images to show, in order.
         out_png: Output file.
         scores: Polyp Dice per name, shown in the row titles.
+        tta: Predict with flip test-time augmentation, as ``polypseg evaluate --tta`` did.
     """
     config = read_model_config(weights)
     image_size = int(config.get("input_size", [256, 256])[0])
@@ -126,7 +129,9 @@ def plot_worst_cases(
     pairs = load_pairs([by_name[name] for name in names], image_size)
     model = load_pretrained(weights).eval()
     with torch.inference_mode():
-        predicted = model(pairs.images.float() / 255.0).argmax(1).to(torch.uint8).numpy()
+        images = pairs.images.float() / 255.0
+        logits = flip_tta(model, images) if tta else model(images)
+        predicted = logits.argmax(1).to(torch.uint8).numpy()
     truth = mask_to_classes(pairs.masks.bool(), boundary).numpy()
     figure = _figure(9.0, 3.0 * len(names) + 0.3)
     grid = figure.subplots(len(names), 3, squeeze=False)
@@ -156,7 +161,10 @@ def write_evaluation_figures(
     worst = worst_cases(rows, count)
     scores = {str(row["name"]): float(row["polyp_dice"]) for row in rows}
     histogram, cases = (Path(out_dir) / name for name in EVALUATION_FIGURES)
-    return [plot_dice_histogram(rows, histogram), plot_worst_cases(weights, data_dir, worst, cases, scores)]
+    return [
+        plot_dice_histogram(rows, histogram),
+        plot_worst_cases(weights, data_dir, worst, cases, scores, report.tta),
+    ]
 
 
 def _column(rows: Sequence[dict[str, str]], name: str) -> np.ndarray:
