@@ -36,7 +36,7 @@ def test_predict_prints_one_line_per_image(tiny_weights, synthetic_dataset, tmp_
     assert main(["predict", "--weights", str(tiny_weights), str(data / "images"), "--out", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 5 and "polyp area" in lines[0] and "4 images segmented" in lines[-1]
-    assert len(list(out.glob("*_overlay.png"))) == 4
+    assert len(list(out.glob("*_overlay.jpg"))) == 4
 
 
 def test_predict_bad_file_exits_non_zero_and_does_the_rest(tiny_weights, synthetic_dataset, tmp_path, capsys):
@@ -166,4 +166,4 @@ def test_demo_runs_on_the_bundled_examples(tmp_path, capsys):
     assert main(["demo", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert all("polyp area" in line for line in lines[:-1]) and len(lines) >= 5
-    assert len(list(out.glob("*_overlay.png"))) == len(lines) - 1
+    assert len(list(out.glob("*_overlay.jpg"))) == len(lines) - 1

@@ -79,7 +79,7 @@ def test_predict_files_writes_outputs_at_input_size(predictor, synthetic_dataset
         stem = row["file"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
         with Image.open(row["file"]) as source:
             size = source.size
-        for suffix in ("_classes.png", "_mask.png", "_overlay.png"):
+        for suffix in ("_classes.png", "_mask.png", "_overlay.jpg"):
             with Image.open(out / f"{stem}{suffix}") as written:
                 assert written.size == size
         with Image.open(out / f"{stem}_classes.png") as classes:
@@ -173,3 +173,19 @@ def test_bundled_model_segments_the_examples(real_subset):
         dice.append(float(scores["dice"][0]))
     assert sum(dice) / len(dice) > 0.5, dice
     assert sum(d > 0.4 for d in dice) >= 3, dice
+
+
+@pytest.mark.parametrize("overlay_format", ["png", "none"])
+def test_overlay_format_png_or_none(tiny_unet, synthetic_dataset, tmp_path, overlay_format):
+    data = synthetic_dataset(sizes=[(40, 56)] * 2)
+    out = tmp_path / "out"
+    summary = predict_files(Predictor(tiny_unet, image_size=64), [data / "images"], out, overlay_format=overlay_format)
+    assert summary.ok
+    names = sorted(p.name for p in out.iterdir())
+    overlays = [name for name in names if "_overlay" in name]
+    assert overlays == ([] if overlay_format == "none" else ["sample_000_overlay.png", "sample_001_overlay.png"])
+    if overlay_format == "png":
+        with Image.open(out / "sample_000_overlay.png") as written:
+            assert written.format == "PNG" and written.size == (40, 56)
+    with pytest.raises(ValueError, match="overlay format"):
+        predict_files(Predictor(tiny_unet, image_size=64), [data / "images"], tmp_path / "x", overlay_format="gif")

@@ -166,6 +166,12 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--opacity", type=float, default=0.4, help="polyp tint of the overlays, 0-1")
     parser.add_argument(
+        "--overlay",
+        default="jpg",
+        choices=["jpg", "png", "none"],
+        help="overlay images as JPEG (default, fast), lossless PNG, or none",
+    )
+    parser.add_argument(
         "--min-polyp-area",
         type=float,
         default=0.1,
@@ -197,6 +203,7 @@ def _run_predict(weights: str | None, inputs: Sequence[str], args: argparse.Name
             batch_size=args.batch_size,
             opacity=args.opacity,
             on_result=print_result,
+            overlay_format=args.overlay,
         )
         print(
             f"{len(summary.rows)} images segmented into {args.out}/ (predictions.csv)"
@@ -237,7 +244,9 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-megapixels", type=float, default=40.0, help="--web: largest image segmented, in MP (default: 40)"
     )
-    parser.set_defaults(handler=_demo, batch_size=4, backend="torch", precision="auto", opacity=0.4, min_polyp_area=0.1)
+    parser.set_defaults(
+        handler=_demo, batch_size=4, backend="torch", precision="auto", opacity=0.4, min_polyp_area=0.1, overlay="jpg"
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -48,13 +48,17 @@ __all__ = [
     "output_stems",
     "overlay",
     "predict_files",
+    "output_suffixes",
     "print_result",
 ]
 
 #: Colours of the class-map PNG palette: background black, polyp green, boundary yellow.
 CLASS_PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (0, 200, 0), (255, 220, 0))
-#: The three image outputs written per input.
-OUTPUT_SUFFIXES = ("_classes.png", "_mask.png", "_overlay.png")
+#: The image outputs written per input (the overlay's suffix follows ``overlay_format``).
+OUTPUT_SUFFIXES = ("_classes.png", "_mask.png", "_overlay.jpg")
+#: Overlay file formats: JPEG (default; about 40x faster to encode than PNG), lossless PNG, or none.
+OVERLAY_FORMATS = ("jpg", "png", "none")
+JPEG_QUALITY = 90
 CSV_COLUMNS = ("file", "width", "height", "polyp_area_percent", "polyps", "boxes")
 
 
@@ -273,17 +277,36 @@ def _read_ahead(paths: Sequence[Path], lookahead: int) -> Iterator[tuple[Path, n
             yield path, future.result()
 
 
+def output_suffixes(overlay_format: str = "jpg") -> tuple[str, ...]:
+    """File name suffixes of one input's outputs (``STEM`` + suffix) for an overlay format."""
+    if overlay_format not in OVERLAY_FORMATS:
+        raise ValueError(f"overlay format must be one of {', '.join(OVERLAY_FORMATS)}, got {overlay_format!r}")
+    return ("_classes.png", "_mask.png") + (() if overlay_format == "none" else (f"_overlay.{overlay_format}",))
+
+
 def _save_png(path: Path, image: Image.Image) -> None:
-    atomic_save(path, lambda temporary: image.save(temporary, format="PNG"))
+    # zlib level 1: several times faster than the default 6, and masks and class maps compress well anyway.
+    atomic_save(path, lambda temporary: image.save(temporary, format="PNG", compress_level=1))
 
 
-def _write_outputs(out_dir: Path, stem: str, image: np.ndarray, prediction: Prediction, opacity: float) -> None:
+def _write_outputs(
+    out_dir: Path, stem: str, image: np.ndarray, prediction: Prediction, opacity: float, overlay_format: str = "jpg"
+) -> None:
     classes = Image.fromarray(prediction.class_map, mode="P")
     palette = [value for colour in CLASS_PALETTE for value in colour]
     classes.putpalette(palette + [0] * (768 - len(palette)))
     _save_png(out_dir / f"{stem}_classes.png", classes)
     _save_png(out_dir / f"{stem}_mask.png", Image.fromarray(prediction.polyp_mask.astype(np.uint8) * 255))
-    _save_png(out_dir / f"{stem}_overlay.png", Image.fromarray(overlay(image, prediction.class_map, opacity)))
+    if overlay_format == "none":
+        return
+    picture = Image.fromarray(overlay(image, prediction.class_map, opacity))
+    if overlay_format == "png":
+        _save_png(out_dir / f"{stem}_overlay.png", picture)
+    else:
+        atomic_save(
+            out_dir / f"{stem}_overlay.jpg",
+            lambda temporary: picture.save(temporary, format="JPEG", quality=JPEG_QUALITY),
+        )
 
 
 def predict_files(
@@ -294,11 +317,13 @@ def predict_files(
     batch_size: int = 4,
     opacity: float = 0.4,
     on_result: Callable[[Path, Prediction | None, str | None], None] | None = None,
+    overlay_format: str = "jpg",
 ) -> PredictionSummary:
     """Segment files and write masks, overlays and ``predictions.csv`` into ``out_dir``.
 
     Per image, at its own resolution: ``STEM_classes.png`` (palette class map), ``STEM_mask.png``
-    (binary polyp mask, 0/255) and ``STEM_overlay.png``; ``predictions.csv`` has one row per image.
+    (binary polyp mask, 0/255) and ``STEM_overlay.jpg`` (or ``.png``, or none: ``overlay_format``);
+    ``predictions.csv`` has one row per image.
 
     A file that cannot be read or whose outputs exist (without ``overwrite``) is reported and skipped;
     the others are still done. ``predictions.csv`` is written atomically at the end.
@@ -311,10 +336,13 @@ def predict_files(
         batch_size: Images per network call.
         opacity: Polyp tint strength of the overlays.
         on_result: Called after each input with ``(path, prediction, None)`` or ``(path, None, error)``.
+        overlay_format: ``"jpg"`` (quality 90), ``"png"`` (lossless, slower) or ``"none"``.
 
     Raises:
         FileExistsError: ``out_dir/predictions.csv`` exists and ``overwrite`` is False.
+        ValueError: Unknown ``overlay_format``.
     """
+    suffixes = output_suffixes(overlay_format)
     out_dir = Path(out_dir)
     csv_path = out_dir / "predictions.csv"
     if csv_path.exists() and not overwrite:
@@ -327,7 +355,7 @@ def predict_files(
         report(Path(problem.split(": ")[0]), None, problem)
     stems = dict(zip(paths, output_stems(paths), strict=True))
 
-    # PNG encoding runs in a writer thread (zlib releases the GIL) while the next batch is decoded and
+    # Image encoding runs in a writer thread (zlib releases the GIL) while the next batch is decoded and
     # segmented; at most 2 x batch_size results wait to be written, so memory stays bounded.
     pending: deque[tuple[Path, np.ndarray, Prediction, Future]] = deque()
 
@@ -354,7 +382,7 @@ def predict_files(
 
     def flush(batch: list[tuple[Path, np.ndarray]], writer: ThreadPoolExecutor) -> None:
         for (path, image), prediction in zip(batch, predictor.predict_batch([img for _, img in batch]), strict=True):
-            future = writer.submit(_write_outputs, out_dir, stems[path], image, prediction, opacity)
+            future = writer.submit(_write_outputs, out_dir, stems[path], image, prediction, opacity, overlay_format)
             pending.append((path, image, prediction, future))
             finish(keep=2 * batch_size)
         batch.clear()
@@ -366,7 +394,7 @@ def predict_files(
                 summary.errors.append(str(result))
                 report(path, None, str(result))
                 continue
-            existing = [out_dir / f"{stems[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
+            existing = [out_dir / f"{stems[path]}{suffix}" for suffix in suffixes]
             if not overwrite and any(p.exists() for p in existing):
                 message = f"{path}: output {next(p for p in existing if p.exists())} exists; pass --overwrite"
                 summary.errors.append(message)
