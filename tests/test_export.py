@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from polypseg.backends import OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, installed_backends
-from polypseg.export import export_model, images_for
+from polypseg.export import INT8_OPTIONS, export_model, images_for, quantize_int8
 from polypseg.weights import load_pretrained, save_pretrained
 
 pytest.importorskip("onnxruntime")
@@ -44,6 +44,7 @@ def test_export_writes_models_and_config(exported):
     config = json.loads((out / "config.json").read_text())
     assert config["class_names"] == ["background", "polyp", "boundary"]
     assert config["export"]["format"] == "openvino" and config["export"]["int8"] is True
+    assert config["export"]["int8_options"] == {**INT8_OPTIONS, "calibration_images": 4}
     assert config["input_range"] == [0.0, 1.0]
 
 
@@ -76,6 +77,23 @@ def test_export_refuses_to_overwrite(exported):
     weights, out, images, _ = exported
     with pytest.raises(FileExistsError, match="overwrite"):
         export_model(weights, "onnx", out, parity_images=images)
+
+
+def test_int8_uses_full_bias_correction_on_every_calibration_image(monkeypatch):
+    """Fast bias correction left the bundled model at 99.0% class agreement with fp32; full: 99.8%."""
+    nncf = pytest.importorskip("nncf")
+    calls = []
+    monkeypatch.setattr(nncf, "quantize", lambda model, dataset, **options: calls.append((dataset, options)) or model)
+    calibration = np.zeros((3, 3, 32, 32), dtype=np.float32)
+    assert quantize_int8("model", calibration) == "model"
+    ((dataset, options),) = calls
+    assert options == {
+        "subset_size": 3,
+        "preset": nncf.QuantizationPreset.MIXED,
+        "fast_bias_correction": False,
+    }
+    assert INT8_OPTIONS == {"preset": "mixed", "fast_bias_correction": False}
+    assert [item.shape for item in dataset.get_inference_data()] == [(1, 3, 32, 32)] * 3
 
 
 def test_unknown_format(tmp_path):

@@ -7,6 +7,12 @@ the same run: this machine is shared and noisy, so only figures from one run com
 Measured: network images/s (random weights, 256x256) for each backend/precision, widths 64/32/16,
 batch 1 and 8; achieved GFLOP/s; peak resident memory; end-to-end ``predict`` throughput on real JPEGs
 (decode, resize, network, resize back, PNG writing); training images/s fp32 vs bf16 (batch 8).
+
+The full run also measures ``torch.compile`` (fp32, channels_last) beside eager PyTorch: inference at
+every width and batch, and a training step (as ``TrainConfig.compile`` does). Compiling takes 25-70 s
+per case on a 2-core CPU (width 16; more for wider models), so ``--quick`` (about two minutes) leaves
+these cases out. The compile (warm-up) time is excluded from the speed and reported as
+``extra["warmup_s"]`` in the JSON.
 """
 
 from __future__ import annotations
@@ -24,12 +30,20 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BenchmarkCase", "model_gflops", "run_benchmark", "format_results"]
+__all__ = [
+    "BenchmarkCase",
+    "BenchmarkResult",
+    "add_ratios",
+    "default_cases",
+    "format_results",
+    "model_gflops",
+    "run_benchmark",
+]
 
 
 @dataclass(frozen=True)
 class BenchmarkCase:
-    """One measurement: ``kind`` is "infer", "train" or "predict"."""
+    """One measurement: ``kind`` is "infer", "train" or "predict"; ``compile``: torch.compile the model."""
 
     kind: str
     backend: str
@@ -37,16 +51,18 @@ class BenchmarkCase:
     base_channels: int
     batch_size: int
     channels_last: bool = True
+    compile: bool = False
 
     @property
     def label(self) -> str:
         """Short name used in the table."""
+        compiled = " compile" if self.compile else ""
         if self.kind == "train":
-            return f"train torch {self.precision}"
+            return f"train torch {self.precision}{compiled}"
         if self.kind == "predict":
             return f"predict end-to-end ({self.backend} {self.precision})"
         layout = "" if self.backend != "torch" or self.channels_last else " eager"
-        return f"{self.backend} {self.precision}{layout}"
+        return f"{self.backend} {self.precision}{layout}{compiled}"
 
 
 @dataclass
@@ -75,19 +91,22 @@ def model_gflops(base_channels: int, size: int = 256) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _timed(function: Any, warmup: int, min_seconds: float, min_repeats: int) -> float:
+def _timed(function: Any, warmup: int, min_seconds: float, min_repeats: int) -> tuple[float, float]:
+    """Seconds per call of ``function`` after ``warmup`` untimed calls, and the seconds the warm-up took."""
+    start = time.perf_counter()
     for _ in range(warmup):
         function()
+    warmup_seconds = time.perf_counter() - start
     repeats, start = 0, time.perf_counter()
     while repeats < min_repeats or time.perf_counter() - start < min_seconds:
         function()
         repeats += 1
-    return (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - start) / repeats, warmup_seconds
 
 
 def _backend(case: BenchmarkCase, workdir: Path) -> Any:
     from polypseg.backends import OnnxRuntimeBackend, OpenVINOBackend, TorchBackend
-    from polypseg.export import export_onnx, images_for
+    from polypseg.export import export_onnx, images_for, quantize_int8
     from polypseg.model import UNet
 
     if case.backend not in ("torch", "onnxruntime", "openvino"):
@@ -98,24 +117,23 @@ def _backend(case: BenchmarkCase, workdir: Path) -> Any:
         backend = TorchBackend(model, precision=case.precision)
         if not case.channels_last:
             backend.model = backend.model.to(memory_format=torch.contiguous_format)
+        if case.compile:
+            backend.model = torch.compile(backend.model)
         return backend
+    if case.compile:
+        raise ValueError(f"compile is for the torch backend, not {case.backend!r}")
     onnx_path = workdir / f"unet{case.base_channels}.onnx"
     if not onnx_path.exists():
         export_onnx(model, onnx_path)
     if case.backend == "onnxruntime":
         return OnnxRuntimeBackend(onnx_path)
-    if case.precision == "int8":
-        import nncf
+    if case.precision == "int8":  # quantised as `polypseg export --int8` does, on the bundled examples
         import openvino as ov
 
         from polypseg.weights import bundled_examples_dir
 
         calibration = images_for(sorted(bundled_examples_dir().glob("*.jpg")), 256)
-        quantised = nncf.quantize(
-            ov.convert_model(str(onnx_path)),
-            nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
-            subset_size=len(calibration),
-        )
+        quantised = quantize_int8(ov.convert_model(str(onnx_path)), calibration)
         path = workdir / f"unet{case.base_channels}_int8.xml"
         ov.save_model(quantised, str(path), compress_to_fp16=False)
         return OpenVINOBackend(path, "int8", latency=case.batch_size == 1)
@@ -126,10 +144,12 @@ def _measure(case: BenchmarkCase, workdir: str, seconds: float) -> dict[str, Any
     """Runs inside a subprocess: returns images/s and peak RSS of this process."""
     torch.set_num_threads(os.cpu_count() or 1)
     path = Path(workdir)
+    warmup = 2 if case.compile else 1  # the first call compiles; the second checks it does not recompile
+    warmup_seconds = None
     if case.kind == "infer":
         backend = _backend(case, path)
         images = np.random.default_rng(0).random((case.batch_size, 3, 256, 256), dtype=np.float32)
-        per_batch = _timed(lambda: backend(images), warmup=1, min_seconds=seconds, min_repeats=2)
+        per_batch, warmup_seconds = _timed(lambda: backend(images), warmup, min_seconds=seconds, min_repeats=2)
         speed = case.batch_size / per_batch
     elif case.kind == "train":
         from polypseg.losses import CombinedLoss
@@ -137,18 +157,20 @@ def _measure(case: BenchmarkCase, workdir: str, seconds: float) -> dict[str, Any
 
         model = UNet(base_channels=case.base_channels).to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        forward = torch.compile(model) if case.compile else model  # as TrainConfig.compile: the model only
         loss_function = CombinedLoss()
         images = torch.rand(case.batch_size, 3, 256, 256).contiguous(memory_format=torch.channels_last)
         targets = torch.randint(0, 3, (case.batch_size, 256, 256))
 
         def step() -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case.precision == "bf16"):
-                loss = loss_function(model(images), targets)
+                loss = loss_function(forward(images), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
 
-        speed = case.batch_size / _timed(step, warmup=1, min_seconds=seconds, min_repeats=2)
+        per_batch, warmup_seconds = _timed(step, warmup, min_seconds=seconds, min_repeats=2)
+        speed = case.batch_size / per_batch
     else:
         from polypseg.inference import Predictor, predict_files
         from polypseg.weights import bundled_examples_dir, load_pretrained
@@ -160,7 +182,7 @@ def _measure(case: BenchmarkCase, workdir: str, seconds: float) -> dict[str, Any
         predict_files(predictor, inputs, path / "predict", batch_size=case.batch_size, overwrite=True)
         speed = len(inputs) / (time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"images_per_second": speed, "peak_rss_mb": peak}
+    return {"images_per_second": speed, "peak_rss_mb": peak, "warmup_s": warmup_seconds}
 
 
 def _run_case(case: BenchmarkCase, workdir: str, seconds: float, isolated: bool = True) -> BenchmarkResult:
@@ -172,27 +194,37 @@ def _run_case(case: BenchmarkCase, workdir: str, seconds: float, isolated: bool 
             values = _measure(case, workdir, seconds)
     except Exception as error:  # a missing runtime or a failed compile is reported, not fatal
         return BenchmarkResult(case, None, None, error=f"{type(error).__name__}: {error}".splitlines()[0])
-    return BenchmarkResult(case, values["images_per_second"], values["peak_rss_mb"])
+    extra = {"warmup_s": values["warmup_s"]} if values.get("warmup_s") is not None else {}
+    return BenchmarkResult(case, values["images_per_second"], values["peak_rss_mb"], extra=extra)
 
 
 def default_cases(quick: bool) -> list[BenchmarkCase]:
-    """The measurement plan: ``quick`` keeps width 64 at batch 1 and width 16 at batch 8."""
+    """The measurement plan: ``quick`` keeps width 64 at batch 1 and width 16 at batch 8, without compile.
+
+    Each entry of ``variants`` is (backend, precision, channels_last, torch.compile).
+    """
     from polypseg.backends import installed_backends
 
     backends = installed_backends()
-    precisions = [("torch", "32", False), ("torch", "32", True), ("torch", "bf16", True)]
+    variants = [("torch", "32", False, False), ("torch", "32", True, False)]
+    if not quick:  # compiling costs tens of seconds per case: full run only
+        variants.append(("torch", "32", True, True))
+    variants.append(("torch", "bf16", True, False))
     if "onnxruntime" in backends:
-        precisions.append(("onnxruntime", "32", True))
+        variants.append(("onnxruntime", "32", True, False))
     if "openvino" in backends:
-        precisions += [("openvino", "32", True), ("openvino", "bf16", True), ("openvino", "int8", True)]
+        variants += [("openvino", precision, True, False) for precision in ("32", "bf16", "int8")]
     shapes = [(64, 1), (16, 8)] if quick else [(width, batch) for width in (64, 32, 16) for batch in (1, 8)]
     cases = [
-        BenchmarkCase("infer", backend, precision, width, batch, layout)
+        BenchmarkCase("infer", backend, precision, width, batch, layout, compiled)
         for width, batch in shapes
-        for backend, precision, layout in precisions
+        for backend, precision, layout, compiled in variants
     ]
     train_width = 16 if quick else 64
-    cases += [BenchmarkCase("train", "torch", precision, train_width, 8) for precision in ("32", "bf16")]
+    training = [("32", False), ("bf16", False)] if quick else [("32", False), ("32", True), ("bf16", False)]
+    cases += [
+        BenchmarkCase("train", "torch", precision, train_width, 8, compile=compiled) for precision, compiled in training
+    ]
     cases.append(BenchmarkCase("predict", "torch", "auto", 16, 4))
     return cases
 
@@ -206,9 +238,9 @@ def run_benchmark(
 ) -> list[BenchmarkResult]:
     """Measure every case of :func:`default_cases` one after another and compute ratios.
 
-    Ratios: inference to PyTorch eager fp32 (contiguous layout) of the same width and batch; training
-    bf16 to training fp32; predict end-to-end has no ratio. ``isolated=False`` measures in this
-    process (faster to start; peak memory is then the whole run's).
+    Ratios (see :func:`add_ratios`): inference to PyTorch eager fp32 (contiguous layout, not compiled) of
+    the same width and batch; training to training fp32 (not compiled); predict end-to-end has no ratio.
+    ``isolated=False`` measures in this process (faster to start; peak memory is then the whole run's).
     """
     seconds = seconds if seconds is not None else (1.5 if quick else 5.0)
     results: list[BenchmarkResult] = []
@@ -222,6 +254,26 @@ def run_benchmark(
                 result.gflops_per_second = result.images_per_second * gflops[case.base_channels] * multiplier
             results.append(result)
             progress(_row(result))
+    add_ratios(results)
+    if out is not None:
+        payload = {
+            "machine": _machine(),
+            "gflops_per_image": gflops,
+            "results": [{**asdict(r), "label": r.case.label} for r in results],
+        }
+        from polypseg.io import atomic_write_text
+
+        atomic_write_text(Path(out), json.dumps(payload, indent=2) + "\n")
+    return results
+
+
+def add_ratios(results: list[BenchmarkResult]) -> None:
+    """Set each result's ``ratio`` to its speed over the eager PyTorch fp32 case of the same kind and shape.
+
+    The base: inference, the contiguous-layout (not channels_last) uncompiled torch fp32 case of the same
+    width and batch; training, the uncompiled fp32 training step of the same width and batch. Cases
+    without a measured base, and ``predict``, keep ``ratio=None``.
+    """
     for result in results:
         case = result.case
         if result.images_per_second is None or case.kind == "predict":
@@ -233,20 +285,11 @@ def run_benchmark(
                 and base.case.batch_size == case.batch_size
                 and base.case.backend == "torch"
                 and base.case.precision == "32"
+                and not base.case.compile
                 and (case.kind == "train" or not base.case.channels_last)
             )
             if same and base.images_per_second:
                 result.ratio = result.images_per_second / base.images_per_second
-    if out is not None:
-        payload = {
-            "machine": _machine(),
-            "gflops_per_image": gflops,
-            "results": [{**asdict(r), "label": r.case.label} for r in results],
-        }
-        from polypseg.io import atomic_write_text
-
-        atomic_write_text(Path(out), json.dumps(payload, indent=2) + "\n")
-    return results
 
 
 def _machine() -> dict[str, Any]:
