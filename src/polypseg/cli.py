@@ -388,7 +388,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("benchmark", help="speed and memory of every backend, side by side")
-    parser.add_argument("--quick", action="store_true", help="fewer cases, about two minutes")
+    parser.add_argument("--quick", action="store_true", help="fewer cases, no torch.compile, about 3 minutes")
     parser.add_argument("--seconds", type=float, default=None, help="minimum timing per case")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.set_defaults(handler=_benchmark)
