@@ -189,3 +189,11 @@ def test_overlay_format_png_or_none(tiny_unet, synthetic_dataset, tmp_path, over
             assert written.format == "PNG" and written.size == (40, 56)
     with pytest.raises(ValueError, match="overlay format"):
         predict_files(Predictor(tiny_unet, image_size=64), [data / "images"], tmp_path / "x", overlay_format="gif")
+
+
+def test_fast_class_argmax_equals_argmax_with_ties():
+    from polypseg.inference import _argmax3
+
+    logits = torch.randn(3, 97, 131)
+    logits[:, :10] = torch.randint(0, 2, (3, 10, 131)).float()  # many exact ties
+    assert torch.equal(_argmax3(logits), logits.argmax(0).to(torch.uint8))

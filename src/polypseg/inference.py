@@ -180,7 +180,7 @@ class Predictor:
         for image, image_logits in zip(images, logits, strict=True):
             height, width = image.shape[:2]
             full = F.interpolate(image_logits[None], size=(height, width), mode="bilinear", align_corners=False)
-            class_map = full[0].argmax(0).to(torch.uint8).numpy()
+            class_map = _argmax3(full[0]).numpy()
             min_pixels = int(np.ceil(self.min_polyp_fraction * height * width))
             predictions.append(Prediction(class_map, find_polyps(classes_to_mask(class_map), min_pixels)))
         return predictions
@@ -188,6 +188,18 @@ class Predictor:
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one (H, W, 3) uint8 RGB image."""
         return self.predict_batch([image])[0]
+
+
+def _argmax3(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(0)`` as uint8 for (3, H, W) logits, the first maximum winning ties as argmax does.
+
+    Element-wise comparisons instead of a reduction over the short, strided class dimension: about 30x
+    faster for full-resolution maps on CPU (argmax there took 85 ms of a 256x256-model image's 100 ms).
+    """
+    background, polyp, boundary = logits.unbind(0)
+    classes = (polyp > background).to(torch.uint8)
+    classes[boundary > torch.maximum(background, polyp)] = 2
+    return classes
 
 
 def _is_visible_image(path: Path, folder: Path) -> bool:
