@@ -54,8 +54,6 @@ __all__ = [
 
 #: Colours of the class-map PNG palette: background black, polyp green, boundary yellow.
 CLASS_PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (0, 200, 0), (255, 220, 0))
-#: The image outputs written per input (the overlay's suffix follows ``overlay_format``).
-OUTPUT_SUFFIXES = ("_classes.png", "_mask.png", "_overlay.jpg")
 #: Overlay file formats: JPEG (default; about 40x faster to encode than PNG), lossless PNG, or none.
 OVERLAY_FORMATS = ("jpg", "png", "none")
 JPEG_QUALITY = 90
@@ -294,6 +292,10 @@ def output_suffixes(overlay_format: str = "jpg") -> tuple[str, ...]:
     if overlay_format not in OVERLAY_FORMATS:
         raise ValueError(f"overlay format must be one of {', '.join(OVERLAY_FORMATS)}, got {overlay_format!r}")
     return ("_classes.png", "_mask.png") + (() if overlay_format == "none" else (f"_overlay.{overlay_format}",))
+
+
+#: The image outputs written per input with the default JPEG overlay.
+OUTPUT_SUFFIXES = output_suffixes("jpg")
 
 
 def _save_png(path: Path, image: Image.Image) -> None:
