@@ -179,7 +179,9 @@ def test_bundled_model_segments_the_examples(real_subset):
 def test_overlay_format_png_or_none(tiny_unet, synthetic_dataset, tmp_path, overlay_format):
     data = synthetic_dataset(sizes=[(40, 56)] * 2)
     out = tmp_path / "out"
-    summary = predict_files(Predictor(tiny_unet, image_size=64), [data / "images"], out, overlay_format=overlay_format)
+    summary = predict_files(
+        Predictor(tiny_unet, image_size=64, precision="32"), [data / "images"], out, overlay_format=overlay_format
+    )
     assert summary.ok
     names = sorted(p.name for p in out.iterdir())
     overlays = [name for name in names if "_overlay" in name]
@@ -188,7 +190,9 @@ def test_overlay_format_png_or_none(tiny_unet, synthetic_dataset, tmp_path, over
         with Image.open(out / "sample_000_overlay.png") as written:
             assert written.format == "PNG" and written.size == (40, 56)
     with pytest.raises(ValueError, match="overlay format"):
-        predict_files(Predictor(tiny_unet, image_size=64), [data / "images"], tmp_path / "x", overlay_format="gif")
+        predict_files(
+            Predictor(tiny_unet, image_size=64, precision="32"), [data / "images"], tmp_path / "x", overlay_format="gif"
+        )
 
 
 def test_fast_class_argmax_equals_argmax_with_ties():

@@ -44,7 +44,7 @@ def balanced_weights(tmp_path, example, partial_polyp_weights) -> Path:
 def test_summary_rounds_like_predictions_csv(balanced_weights, example, tmp_path):
     from polypseg.webdemo import escape_markdown, segment_paths, summary_markdown
 
-    predictor = Predictor.from_pretrained(balanced_weights)
+    predictor = Predictor.from_pretrained(balanced_weights, precision="32")
     items, errors = segment_paths(predictor, [example, tmp_path / "missing.jpg"])
     assert len(items) == 1 and len(errors) == 1 and "missing.jpg: file not found" in errors[0]
     predict_files(predictor, [example], tmp_path / "out")
@@ -59,7 +59,7 @@ def test_summary_rounds_like_predictions_csv(balanced_weights, example, tmp_path
 def test_overlay_shows_the_boxes(balanced_weights, example):
     from polypseg.webdemo import BOX_COLOUR, render_overlay, segment_paths
 
-    (item,), _ = segment_paths(Predictor.from_pretrained(balanced_weights), [example])
+    (item,), _ = segment_paths(Predictor.from_pretrained(balanced_weights, precision="32"), [example])
     picture = render_overlay(item, opacity=0.4)
     assert picture.shape == item.image.shape
     x_min, y_min, _, _ = item.prediction.polyps[0].box
@@ -76,7 +76,9 @@ def test_bad_uploads_get_one_line_each_and_the_rest_is_segmented(balanced_weight
     large = tmp_path / "large.png"
     Image.new("RGB", (1100, 1000)).save(large)
     items, errors = segment_paths(
-        Predictor.from_pretrained(balanced_weights), [text, truncated, example, large], max_pixels=1_000_000
+        Predictor.from_pretrained(balanced_weights, precision="32"),
+        [text, truncated, example, large],
+        max_pixels=1_000_000,
     )
     assert [item.name for item in items] == [example.name]
     assert [error.split(":")[0] for error in errors] == ["notes.jpg", "truncated.jpg", "large.png"]
@@ -92,7 +94,7 @@ def test_uploads_of_one_name_get_their_own_masks(balanced_weights, tmp_path):
     for path, source in zip((first, second, third), examples, strict=False):
         path.parent.mkdir(exist_ok=True)
         Image.open(source).save(path)
-    items, _ = segment_paths(Predictor.from_pretrained(balanced_weights), [first, second, third])
+    items, _ = segment_paths(Predictor.from_pretrained(balanced_weights, precision="32"), [first, second, third])
     assert [item.name for item in items] == ["a.jpg", "a.jpg", "a.png"]
     masks = [Path(path) for path in _write_masks(items, tmp_path / "masks")]
     assert [path.name for path in masks] == ["a_mask.png", "a-2_mask.png", "a-3_mask.png"]
@@ -108,7 +110,7 @@ def test_file_names_cannot_inject_markdown_or_html(balanced_weights, example):
     from polypseg.webdemo import Segmented, summary_markdown
 
     name = "a|b *c* _d_ [e](f) <b>g</b> <script>h</script> &amp; `i` ~~j~~ $$k$$ \\l\nm.jpg"
-    prediction = Predictor.from_pretrained(balanced_weights).predict(read_image(example))
+    prediction = Predictor.from_pretrained(balanced_weights, precision="32").predict(read_image(example))
     item = Segmented(name, np.zeros((2, 3, 3), np.uint8), prediction, "stem")
     rendered = (
         markdown_it.MarkdownIt("commonmark")
@@ -207,11 +209,11 @@ def test_page_in_a_browser_reports_what_predict_reports(balanced_weights, exampl
 
     from polypseg.webdemo import serve
 
-    predict_files(Predictor.from_pretrained(balanced_weights), [example], tmp_path / "cli")
+    predict_files(Predictor.from_pretrained(balanced_weights, precision="32"), [example], tmp_path / "cli")
     with (tmp_path / "cli" / "predictions.csv").open() as handle:
         expected = next(csv.DictReader(handle))
     port = _free_port()
-    demo = serve(balanced_weights, host="127.0.0.1", port=port, block=False)
+    demo = serve(balanced_weights, host="127.0.0.1", port=port, block=False, precision="32")
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -51,7 +51,7 @@ def weights(tmp_path_factory, examples, partial_polyp_weights) -> Path:
 @pytest.fixture(scope="module")
 def expected_areas(weights, examples) -> dict[str, str]:
     """Polyp area (%) per example as the library computes it, rounded as the page shows it."""
-    predictor = Predictor.from_pretrained(weights)
+    predictor = Predictor.from_pretrained(weights, precision="32")
     return {path.name: str(round(predictor.predict(read_image(path)).polyp_area_percent, 3)) for path in examples}
 
 
@@ -95,7 +95,13 @@ def server(weights, network_calls) -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     demo = serve(
-        weights, host="127.0.0.1", port=port, block=False, max_upload_mb=MAX_UPLOAD_MB, max_megapixels=MAX_MEGAPIXELS
+        weights,
+        host="127.0.0.1",
+        port=port,
+        block=False,
+        max_upload_mb=MAX_UPLOAD_MB,
+        max_megapixels=MAX_MEGAPIXELS,
+        precision="32",
     )
     try:
         yield f"http://127.0.0.1:{port}/"

@@ -57,12 +57,20 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="torch.compile the model for training steps (slow start, faster steps)",
     )
+    parser.add_argument(
+        "--time-budget",
+        default=None,
+        help="wall-clock budget, e.g. 60m, 1.5h, 900s: the learning-rate schedule runs over it, training stops "
+        "on time and best/ is written (resumed runs count the time already spent)",
+    )
+    parser.add_argument("--augment", default=None, help="augmentation preset: none, light, robust, strong")
+    parser.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights for validation and best/")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps")
     parser.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from polypseg.config import TrainConfig, load_config
+    from polypseg.config import TrainConfig, load_config, parse_duration
     from polypseg.data import parse_split_sizes
     from polypseg.training import train
 
@@ -88,6 +96,9 @@ def _train(args: argparse.Namespace) -> int:
         init_weights=args.init_weights,
         compile=args.compile,
         split_sizes=parse_split_sizes(args.split_sizes) if args.split_sizes else None,
+        time_budget=parse_duration(args.time_budget) if args.time_budget else None,
+        augment=args.augment,
+        ema_decay=args.ema_decay,
     )
     data = args.data if args.data is not None or args.resume else Path(DEFAULT_DATA)
     result = train(config, data, args.out, resume=args.resume, splits_file=args.splits, max_steps=args.max_steps)

@@ -7,6 +7,8 @@ run can be repeated and a model rebuilt from what it saved.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,39 @@ import yaml
 
 from polypseg.io import atomic_write_text
 
-__all__ = ["TrainConfig", "load_config", "save_config"]
+__all__ = ["AUGMENTATIONS", "SCHEDULERS", "TrainConfig", "load_config", "parse_duration", "save_config"]
+
+#: Augmentation presets (:func:`polypseg.data.build_augmentation`); ``True``/``False`` in old configs mean
+#: ``"strong"``/``"none"``.
+AUGMENTATIONS = ("none", "light", "robust", "strong")
+#: Learning-rate schedules: the card's plateau, cosine over epochs, and one-cycle over the run's progress.
+SCHEDULERS = ("plateau", "cosine", "onecycle")
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from ``"90s"``, ``"60m"``, ``"1.5h"``, ``"1h30m"`` or a number of seconds.
+
+    Example:
+        >>> parse_duration("1h30m"), parse_duration("45m"), parse_duration(90)
+        (5400.0, 2700.0, 90.0)
+
+    Raises:
+        ValueError: Not a positive duration.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d+)?)(h|min|m|sec|s)?", text)
+        if not text or "".join(number + unit for number, unit in parts) != text:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 60m, 1.5h, 1h30m)")
+        seconds = sum(float(number) * _UNITS[unit or "s"] for number, unit in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
 
 
 @dataclass
@@ -32,14 +66,20 @@ class TrainConfig:
     split_sizes: list[float] = field(default_factory=lambda: [800, 100, 100])  # counts or fractions
     seed: int = 42  # split, initialisation and augmentation seed
     max_images: int | None = None  # use only the first N images (sorted by name): smoke runs
-    augment: bool = False  # joint image+mask augmentation (kornia)
+    augment: str = "none"  # joint image+mask augmentation (kornia): none, light, robust, strong (true = strong)
+    crop_size: int | None = None  # train on random crops of this size (validation sees whole images)
+    train_sizes: list[int] | None = None  # progressive resizing: e.g. [128, 192, 256], equal shares of the run
     init_weights: str | None = None  # start from weights (folder, file, hf://, or "bundled"), not random
     # Optimisation
     epochs: int = 20
     batch_size: int = 8
     lr: float = 1e-4
+    optimizer: str = "adam"  # "adam" (card) or "adamw" (decoupled weight decay)
     weight_decay: float = 0.0
-    scheduler: str = "plateau"  # "plateau" (card) or "cosine"
+    scheduler: str = "plateau"  # "plateau" (card), "cosine" (over epochs) or "onecycle" (over the run, per step)
+    warmup_fraction: float = 0.05  # onecycle: share of the run spent warming up linearly to lr
+    time_budget: float | None = None  # seconds of wall time (YAML/CLI also take "60m", "1.5h"): stop on time
+    ema_decay: float | None = None  # exponential moving average of the weights, used for validation and best/
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     min_lr: float = 1e-6
@@ -60,8 +100,25 @@ class TrainConfig:
     log_every_n_steps: int = 10
 
     def __post_init__(self) -> None:
-        if self.scheduler not in ("plateau", "cosine"):
-            raise ValueError(f"scheduler must be 'plateau' or 'cosine', got {self.scheduler!r}")
+        if isinstance(self.augment, bool):
+            self.augment = "strong" if self.augment else "none"
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.time_budget is not None:
+            self.time_budget = parse_duration(self.time_budget)
+        if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
+            raise ValueError(f"ema_decay must be between 0 and 1 (e.g. 0.99), got {self.ema_decay!r}")
+        if not 0.0 <= float(self.warmup_fraction) < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        for name, size in [("crop_size", self.crop_size), *(("train_sizes", s) for s in self.train_sizes or [])]:
+            if size is not None and (not isinstance(size, int) or size < 16 or size % 16 or size > self.image_size):
+                raise ValueError(
+                    f"{name}: {size!r} must be a multiple of 16 between 16 and image_size ({self.image_size})"
+                )
         if len(self.split_sizes) != 3:
             raise ValueError(f"split_sizes needs 3 values (train, val, test), got {self.split_sizes}")
         if self.image_size % 16:

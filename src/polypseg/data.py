@@ -232,18 +232,50 @@ class TensorPairDataset(Dataset):
         return self.pairs.images[index], self.pairs.masks[index]
 
 
-def build_augmentation() -> nn.Module:
-    """Joint image+mask augmentation (kornia): flips, rotation, scale, shift, colour jitter.
+def build_augmentation(strength: str = "strong") -> nn.Module | None:
+    """Joint image+mask augmentation (kornia) at one of the presets of ``TrainConfig.augment``.
+
+    - ``"none"``: no augmentation (returns ``None``).
+    - ``"light"``: flips, small rotations/scale/shift, mild colour jitter: cheap to learn in short runs.
+    - ``"robust"``: for images from other hospitals and scopes: flips, rotation, scale 0.75-1.25, shift,
+      stronger colour jitter (brightness, contrast, saturation, hue), gamma, Gaussian blur and noise.
+    - ``"strong"``: the original preset: flips, any rotation, scale, shift, colour jitter.
 
     The returned module takes ``(images float (B,3,H,W), masks float (B,1,H,W))`` and returns both,
     geometrically transformed the same way (masks with nearest resampling).
+
+    Example:
+        >>> build_augmentation("none") is None
+        True
     """
+    if strength == "none":
+        return None
     import kornia.augmentation as K
 
-    return K.AugmentationSequential(
-        K.RandomHorizontalFlip(),
-        K.RandomVerticalFlip(),
-        K.RandomAffine(degrees=180.0, translate=(0.1, 0.1), scale=(0.75, 1.25), p=0.7),
-        K.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.7),
-        data_keys=["input", "mask"],
-    )
+    if strength == "light":
+        steps = [
+            K.RandomHorizontalFlip(),
+            K.RandomVerticalFlip(),
+            K.RandomAffine(degrees=15.0, translate=(0.05, 0.05), scale=(0.9, 1.1), p=0.5),
+            K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.5),
+        ]
+    elif strength == "robust":
+        steps = [
+            K.RandomHorizontalFlip(),
+            K.RandomVerticalFlip(),
+            K.RandomAffine(degrees=30.0, translate=(0.08, 0.08), scale=(0.75, 1.25), p=0.6),
+            K.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.04, p=0.8),
+            K.RandomGamma(gamma=(0.7, 1.4), p=0.3),
+            K.RandomGaussianBlur(kernel_size=(5, 5), sigma=(0.1, 1.5), p=0.25),
+            K.RandomGaussianNoise(mean=0.0, std=0.02, p=0.2),
+        ]
+    elif strength == "strong":
+        steps = [
+            K.RandomHorizontalFlip(),
+            K.RandomVerticalFlip(),
+            K.RandomAffine(degrees=180.0, translate=(0.1, 0.1), scale=(0.75, 1.25), p=0.7),
+            K.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.7),
+        ]
+    else:
+        raise ValueError(f"unknown augmentation {strength!r} (none, light, robust, strong)")
+    return K.AugmentationSequential(*steps, data_keys=["input", "mask"])

@@ -1,21 +1,61 @@
-"""Facts about the machine that decide the fastest numeric path."""
+"""Facts about the machine that decide the fastest numeric path.
+
+Whether the CPU computes bf16 natively (AVX512-BF16 or AMX) is read from ``/proc/cpuinfo``. The
+environment variable ``POLYPSEG_NATIVE_BF16`` overrides it: ``1`` behaves as if the CPU had native bf16,
+``0`` as if it had not (anything else is an error). The test suite uses it to run every path that
+chooses a precision both ways on any machine; users can use it to force or forbid bf16 on ``auto``.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_supports_bf16", "resolve_precision"]
+__all__ = ["NATIVE_BF16_ENV", "cpu_flags", "cpu_supports_bf16", "resolve_precision"]
+
+#: Environment variable that overrides the detection of native bf16: ``"1"`` (present) or ``"0"`` (absent).
+NATIVE_BF16_ENV = "POLYPSEG_NATIVE_BF16"
+
+#: CPU flags that decide the fast paths (bf16 and int8 arithmetic).
+_INTERESTING_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of the flags that matter for speed ``/proc/cpuinfo`` lists (all False where it is unreadable).
+
+    Example:
+        >>> sorted(cpu_flags())[:2]
+        ['amx_bf16', 'amx_int8']
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    words: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            words.update(line.split(":", 1)[-1].split())
+            break
+    return {flag: flag in words for flag in _INTERESTING_FLAGS}
 
 
 def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 is slower than fp32.
+
+    ``POLYPSEG_NATIVE_BF16=1`` or ``=0`` overrides what ``/proc/cpuinfo`` says.
+
+    Raises:
+        ValueError: ``POLYPSEG_NATIVE_BF16`` is set to something other than ``0`` or ``1``.
+    """
+    override = os.environ.get(NATIVE_BF16_ENV)
+    if override is not None and override.strip() != "":
+        if override.strip() not in ("0", "1"):
+            raise ValueError(f"{NATIVE_BF16_ENV} must be 0 or 1, got {override!r}")
+        return override.strip() == "1"
+    flags = cpu_flags()
+    return flags["avx512_bf16"] or flags["amx_bf16"]
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:

@@ -496,7 +496,8 @@ def _training_section(sources: _Sources) -> str:
     training = sources.training
     lines = ["## Training\n"]
     if training:
-        optimizer = f"Adam, learning rate {training.get('lr')}"
+        name = {"adamw": "AdamW"}.get(str(training.get("optimizer")), "Adam")
+        optimizer = f"{name}, learning rate {training.get('lr')}"
         if training.get("weight_decay"):
             optimizer += f", weight decay {training['weight_decay']}"
         if training.get("scheduler") == "plateau":
@@ -506,8 +507,14 @@ def _training_section(sources: _Sources) -> str:
             )
         elif training.get("scheduler") == "cosine":
             schedule = f"{training.get('warmup_epochs', 0)} warm-up epoch(s), then cosine to {training.get('min_lr')}"
+        elif training.get("scheduler") == "onecycle":
+            schedule = f"one cycle: linear warm-up, then cosine to {training.get('min_lr')}, over the run"
         else:
             schedule = str(training.get("scheduler", "n/a"))
+        if training.get("time_budget"):
+            schedule += f"; time budget {training['time_budget'] / 60:.0f} min"
+        if training.get("ema_decay"):
+            schedule += f"; EMA of the weights (decay {training['ema_decay']})"
         table = [
             ("epochs", training.get("epochs")),
             ("batch size", training.get("batch_size")),
@@ -516,7 +523,7 @@ def _training_section(sources: _Sources) -> str:
             ("loss", f"{training.get('ce_weight')} cross-entropy + {training.get('dice_weight')} soft Dice"),
             (
                 "augmentation",
-                "joint image+mask (flips, rotation, scale, shift, colour)" if training.get("augment") else "none",
+                _augmentation_text(training.get("augment")),
             ),
             ("image size", training.get("image_size")),
             ("boundary width", f"{training.get('boundary_width_px')} px"),
@@ -661,3 +668,11 @@ def push_to_hub(
         revision=revision,
     )
     return str(commit.commit_url)
+
+
+def _augmentation_text(augment: object) -> str:
+    """How a run's ``augment`` setting reads in a model card (``True``/``False`` from older configs)."""
+    preset = {True: "strong", False: "none", None: "none"}.get(augment, augment)  # type: ignore[arg-type]
+    if preset == "none":
+        return "none"
+    return f"joint image+mask, preset `{preset}` (see polypseg.data.build_augmentation)"

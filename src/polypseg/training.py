@@ -24,21 +24,25 @@ with flip test-time augmentation, :func:`polypseg.tta.flip_tta`).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import math
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, RandomSampler
 
 from polypseg.classes import CLASS_NAMES, NUM_CLASSES, classes_to_mask, mask_to_classes
@@ -161,10 +165,42 @@ class _IndexedPairs(TensorPairDataset):
         return image, mask, index
 
 
+def _ema_average(
+    averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor, decay: float
+) -> torch.Tensor:
+    """One EMA step; the decay warms up as ``(1 + n) / (10 + n)`` so early averages are not stuck at the start.
+
+    Integer buffers (BatchNorm's batch counter) take the current value.
+    """
+    if not averaged.is_floating_point():
+        return current
+    effective = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+    return averaged + (current - averaged) * (1.0 - effective)
+
+
+def one_cycle_factor(progress: float, warmup_fraction: float, floor: float) -> float:
+    """Learning-rate factor at ``progress`` in [0, 1] of a run: linear warm-up, then cosine down to ``floor``.
+
+    Example:
+        >>> one_cycle_factor(0.05, 0.1, 0.0), one_cycle_factor(0.1, 0.1, 0.0), one_cycle_factor(1.0, 0.1, 0.01)
+        (0.5, 1.0, 0.01)
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup_fraction > 0 and progress < warmup_fraction:
+        return max(progress / warmup_fraction, 1e-3)
+    tail = (progress - warmup_fraction) / max(1.0 - warmup_fraction, 1e-9)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * tail))
+
+
 class SegmentationModule(L.LightningModule):
     """U-Net + the card's loss + the project's metrics, for training, validation and testing.
 
     The resolved :class:`TrainConfig` is saved as hyperparameters, so it lives in every checkpoint.
+
+    Beyond the card's recipe (all off by default, see :class:`TrainConfig`): AdamW, a one-cycle schedule
+    over the run's progress (steps, or wall time under ``time_budget``), random crops and progressive
+    resizing of the training batches, and an exponential moving average of the weights (``ema_decay``)
+    that validation and ``best/`` use.
 
     Args:
         config: The training configuration (dict form, as stored in checkpoints).
@@ -176,7 +212,15 @@ class SegmentationModule(L.LightningModule):
         self.config = TrainConfig.from_dict(config)
         self.model = UNet(3, NUM_CLASSES, self.config.base_channels, self.config.head_kernel_size)
         self.loss = CombinedLoss(self.config.ce_weight, self.config.dice_weight)
-        self.augmentation = build_augmentation() if self.config.augment else None
+        self.augmentation = build_augmentation(self.config.augment)
+        #: EMA of the weights (PyTorch's AveragedModel, buffers included); validation and best/ use it.
+        self.ema = (
+            AveragedModel(
+                self.model, avg_fn=functools.partial(_ema_average, decay=float(self.config.ema_decay)), use_buffers=True
+            )
+            if self.config.ema_decay
+            else None
+        )
         self.val_metrics = SegmentationMetrics()
         self.test_metrics = SegmentationMetrics()
         self.test_rows: list[dict[str, Any]] = []
@@ -201,6 +245,50 @@ class SegmentationModule(L.LightningModule):
         """Logits (B, 3, H, W) of images (B, 3, H, W) in [0, 1]."""
         return self.model(images)
 
+    @property
+    def eval_model(self) -> UNet:
+        """The network that validation scores and ``best/`` saves: the EMA weights where enabled."""
+        return self.ema.module if self.ema is not None else self.model  # type: ignore[return-value]
+
+    def progress(self) -> float:
+        """How far the run is, in [0, 1]: wall time over ``time_budget``, else steps over all steps."""
+        trainer = self.trainer
+        budget = self.config.time_budget
+        if budget:
+            timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+            value = timer.time_elapsed("train") / budget if timer is not None else 0.0
+            if trainer.world_size > 1:  # every rank must take the same learning rate and size
+                value = float(trainer.strategy.broadcast(value))
+        else:
+            value = trainer.global_step / max(float(trainer.estimated_stepping_batches), 1.0)
+        return min(max(value, 0.0), 1.0)
+
+    def _stepwise_schedule(self) -> bool:
+        return self.config.scheduler == "onecycle" or (
+            self.config.scheduler == "cosine" and bool(self.config.time_budget)
+        )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._stepwise_schedule():
+            config = self.config
+            warmup = config.warmup_fraction
+            if config.scheduler == "cosine":
+                warmup = config.warmup_epochs / max(config.epochs, 1)
+            lr = config.lr * one_cycle_factor(self.progress(), warmup, config.min_lr / config.lr)
+            for group in self.trainer.optimizers[0].param_groups:
+                group["lr"] = lr
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def train_size(self) -> int:
+        """Side of the training batches now: the progressive-resizing stage, else the cache's size."""
+        sizes = self.config.train_sizes
+        if not sizes:
+            return self.config.image_size
+        return sizes[min(int(self.progress() * len(sizes)), len(sizes) - 1)]
+
     def on_train_epoch_start(self) -> None:
         if self.augmentation is not None:
             # Augmentation draws from torch's global generator: key it to (seed, epoch, rank) so that a
@@ -212,13 +300,35 @@ class SegmentationModule(L.LightningModule):
         images, masks, index = batch
         images = images.float() / 255.0
         masks = masks.bool()
-        if self.augmentation is not None and self.trainer is not None and self.trainer.training:
+        training = self.trainer is not None and self.trainer.training
+        if self.augmentation is not None and training:
             images, augmented = self.augmentation(images, masks[:, None].float())
             images, masks = images.clamp(0.0, 1.0), augmented[:, 0] > 0.5
+        # The classes are made at the cache's resolution (where boundary_width_px is defined), then cropped
+        # and resized with the images, so a smaller training size keeps the same boundary.
+        targets = mask_to_classes(masks, self.config.boundary_width_px)
+        if training:
+            images, targets = self._crop_and_resize(images, targets)
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        targets = mask_to_classes(masks, self.config.boundary_width_px).long()
-        return images, targets, index
+        return images, targets.long(), index
+
+    def _crop_and_resize(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        crop = self.config.crop_size
+        if crop is not None and crop < images.shape[-1]:
+            # One random window per image, drawn from torch's generator (keyed to seed and epoch).
+            limit = images.shape[-1] - crop + 1
+            corners = torch.randint(0, limit, (len(images), 2)).tolist()
+            windows = list(zip(images, corners, strict=True))
+            images = torch.stack([im[:, y : y + crop, x : x + crop] for im, (y, x) in windows])
+            targets = torch.stack([t[y : y + crop, x : x + crop] for t, (y, x) in zip(targets, corners, strict=True)])
+        size = self.train_size()
+        if crop is not None:
+            size = round(size * crop / self.config.image_size / 16) * 16 or 16
+        if size != images.shape[-1]:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            targets = F.interpolate(targets[:, None].float(), size=(size, size), mode="nearest")[:, 0].to(targets.dtype)
+        return images, targets
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, targets, _ = batch
@@ -231,7 +341,7 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         images, targets, _ = batch
-        logits = self(images)
+        logits = self.eval_model(images)
         self.log(
             "val_loss", self.loss(logits, targets), prog_bar=True, on_epoch=True, batch_size=len(images), sync_dist=True
         )
@@ -297,7 +407,10 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         config = self.config
-        optimizer = torch.optim.Adam(self.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        optimizer = kind(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if self._stepwise_schedule():
+            return optimizer  # the learning rate is set before every step (on_train_batch_start)
         if config.scheduler == "plateau":
             self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer,
@@ -348,8 +461,9 @@ class BestWeightsExporter(Callback):
             **self.metadata,
             "training": {**self.metadata.get("training", {}), "epoch": trainer.current_epoch, "val_metrics": metrics},
         }
+        model = pl_module.eval_model if isinstance(pl_module, SegmentationModule) else pl_module.model
         with atomic_write_folder(self.folder) as staging:
-            save_pretrained(pl_module.model, staging, metadata=metadata)
+            save_pretrained(model, staging, metadata=metadata)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -546,7 +660,10 @@ def train(
             warnings.warn(f"{last}: no checkpoint yet; the run starts again from its first epoch", stacklevel=2)
         saved = load_config(run_dir / "config.yaml")
         # Only the length of the run may change on resume; everything else is the run's own.
-        config = saved.updated(epochs=config.epochs if config.epochs != saved.epochs else None)
+        config = saved.updated(
+            epochs=config.epochs if config.epochs != saved.epochs else None,
+            time_budget=config.time_budget if config.time_budget != saved.time_budget else None,
+        )
         splits_file = run_dir / "splits.json"
     elif _process_rank() == 0 and run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir}: run folder is not empty (use --resume to continue it, or a new --out)")
@@ -585,11 +702,15 @@ def train(
     }
     exporter = BestWeightsExporter(run_dir / "best", config.monitor, metadata)
     callbacks: list[Callback] = [exporter, EpochCSVLogger(run_dir / "metrics.csv"), LastCheckpoint(last)]
+    if config.time_budget:
+        # Lightning's Timer stops after the batch that used up the budget; that epoch is still validated
+        # and checkpointed, and its elapsed time is stored in last.ckpt, so a resumed run counts it.
+        callbacks.insert(0, Timer(duration=timedelta(seconds=config.time_budget), interval="step", verbose=False))
     trainer = _trainer(
         config,
         run_dir,
         callbacks,
-        max_epochs=config.epochs,
+        max_epochs=-1 if config.time_budget else config.epochs,
         max_steps=max_steps,
         num_sanity_val_steps=0,
         enable_checkpointing=False,  # LastCheckpoint does it
