@@ -28,7 +28,11 @@ lint: dev
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 
+# The precision-sensitive tests run once with native bf16 forced off and once forced on (whatever this CPU
+# has), then the whole suite with the CPU's own setting: green here means green on both kinds of CPU.
 test: lint
+	POLYPSEG_NATIVE_BF16=0 $(VENV)/bin/python -m pytest -q -m precision
+	POLYPSEG_NATIVE_BF16=1 $(VENV)/bin/python -m pytest -q -m precision
 	$(VENV)/bin/python -m pytest -q
 
 clean:

@@ -13,6 +13,8 @@ from PIL import Image
 from polypseg.classes import BOUNDARY, POLYP
 from polypseg.inference import Predictor, expand_inputs, find_polyps, overlay, predict_files
 
+pytestmark = pytest.mark.precision  # run under both POLYPSEG_NATIVE_BF16 settings by make test
+
 
 @pytest.fixture
 def predictor(tiny_unet):

@@ -13,6 +13,8 @@ import pytest
 from polypseg.cli import main
 from polypseg.inference import Predictor
 
+pytestmark = pytest.mark.precision  # run under both POLYPSEG_NATIVE_BF16 settings by make test
+
 WIDTH, HEIGHT, FRAMES, FPS = 80, 48, 6, 10
 
 

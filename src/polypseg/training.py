@@ -546,6 +546,8 @@ class EpochCSVLogger(_EpochValidated):
         for column in self.COLUMNS[1:-2]:
             key = "train_loss_epoch" if column == "train_loss" else column
             row[column] = f"{float(metrics[key]):.6f}" if key in metrics else ""
+        if isinstance(pl_module, SegmentationModule) and pl_module._stepwise_schedule():
+            self._lr = trainer.optimizers[0].param_groups[0]["lr"]  # set per step: the epoch's last rate
         row["lr"] = f"{self._lr:.3g}"
         row["seconds"] = f"{time.perf_counter() - self._start:.1f}"
         rows = []
