@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -90,14 +92,18 @@ def main() -> int:
     with (args.out / "train.log").open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         pending = list(marks)
+        loads: list[float] = []
         while process.poll() is None:
             time.sleep(5)
+            loads.append(os.getloadavg()[0])
             minutes = (time.monotonic() - start) / 60
             while pending and minutes >= pending[0]:
                 mark = pending.pop(0)
                 if (run / "best" / "model.safetensors").exists():
                     shutil.copytree(run / "best", args.out / f"at-{mark:g}min", dirs_exist_ok=True)
     wall = time.monotonic() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the training process only: scoring comes later
+    cpu_seconds = usage.ru_utime + usage.ru_stime
     if process.returncode != 0:
         print(f"training failed (exit {process.returncode}); see {args.out / 'train.log'}", file=sys.stderr)
         return 1
@@ -125,6 +131,9 @@ def main() -> int:
         "cpu_native_bf16": cpu_supports_bf16(),
         "cpu_flags": {k: v for k, v in cpu_flags().items() if v},
         "wall_seconds": round(wall, 1),
+        "training_cpu_seconds": round(cpu_seconds, 1),
+        "mean_load_average": round(sum(loads) / max(len(loads), 1), 2),
+        "cores": os.cpu_count(),
         "epochs_run": len(rows),
         "at_minutes": results,
         "final_test": final,
