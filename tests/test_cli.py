@@ -167,3 +167,45 @@ def test_demo_runs_on_the_bundled_examples(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert all("polyp area" in line for line in lines[:-1]) and len(lines) >= 5
     assert len(list(out.glob("*_overlay.jpg"))) == len(lines) - 1
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--batch-size", "-3"),
+        ("--batch-size", "0"),
+        ("--batch-size", "two"),
+        ("--opacity", "5"),
+        ("--opacity", "nan"),
+        ("--opacity", "-0.5"),
+        ("--min-polyp-area", "-5"),
+        ("--min-polyp-area", "inf"),
+        ("--min-polyp-area", "101"),
+    ],
+)
+def test_predict_refuses_numbers_out_of_range(tiny_weights, write_image, tmp_path, capsys, option, value):
+    """Issue 10 finding 12: a clear argparse error (exit 2) before anything is written, not a traceback."""
+    write_image(tmp_path / "in" / "a.jpg", size=(40, 30))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as caught:
+        main(["predict", "--weights", str(tiny_weights), str(tmp_path / "in"), "--out", str(out), option, value])
+    assert caught.value.code == 2
+    err = one_line_error(capsys)
+    assert f"argument {option}: expected a" in err and repr(value) in err
+    assert not out.exists()
+
+
+def test_predict_two_folders_with_clashing_names(tiny_weights, write_image, tmp_path, capsys):
+    """Issue 10 finding 4: a/same.jpg, a/same-2.jpg, b/same.jpg -> three separate output sets, exit 0."""
+    for name in ("a/same.jpg", "a/same-2.jpg", "b/same.jpg"):
+        write_image(tmp_path / name, size=(40, 30))
+    out = tmp_path / "out"
+    assert (
+        main(["predict", "--weights", str(tiny_weights), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
+        == 0
+    )
+    assert "3 images segmented" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["same-2_mask.png", "same-3_mask.png", "same_mask.png"]
+    with (out / "predictions.csv").open() as handle:
+        stems = {row["file"].replace(str(tmp_path), "").lstrip("/"): row["stem"] for row in csv.DictReader(handle)}
+    assert stems == {"a/same.jpg": "same", "a/same-2.jpg": "same-2", "b/same.jpg": "same-3"}

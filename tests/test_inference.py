@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +206,116 @@ def test_fast_class_argmax_equals_argmax_with_ties():
     logits = torch.randn(3, 97, 131)
     logits[:, :10] = torch.randint(0, 2, (3, 10, 131)).float()  # many exact ties
     assert torch.equal(_argmax3(logits), logits.argmax(0).to(torch.uint8))
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile testing, issue 10 section 3: output names, the output folder as input, the same file twice,
+# stale temporaries, permissions, numbers out of range.
+
+
+def test_output_stems_are_unique_by_construction():
+    from polypseg.inference import output_stems
+
+    paths = [Path(p) for p in ("a/x.jpg", "a/x-2.jpg", "b/x.jpg", "c/X.png", "d/x-3.jpg", "e/y.jpg")]
+    stems = output_stems(paths)
+    assert stems == ["x", "x-2", "x-4", "X-5", "x-3", "y"]
+    # Distinct even where the file system ignores case.
+    assert len({stem.casefold() for stem in stems}) == len(stems)
+
+
+def test_a_renamed_stem_never_takes_another_inputs_outputs(predictor, write_image, tmp_path):
+    """Finding 4: a/same.jpg, a/same-2.jpg and b/same.jpg give three output sets, each of its own image."""
+    sizes = {"a/same.jpg": (40, 30), "a/same-2.jpg": (50, 30), "b/same.jpg": (60, 30)}
+    for name, size in sizes.items():
+        write_image(tmp_path / name, size=size)
+    out = tmp_path / "out"
+    summary = predict_files(predictor, [tmp_path / "a", tmp_path / "b"], out)
+    assert summary.ok, summary.errors
+    assert len(list(out.glob("*_mask.png"))) == 3
+    rows = read_csv(out / "predictions.csv")
+    assert len(rows) == 3 and len({row["stem"] for row in rows}) == 3
+    for row in rows:
+        name = str(Path(row["file"]).relative_to(tmp_path).as_posix())
+        for suffix in ("_classes.png", "_mask.png", "_overlay.jpg"):
+            with Image.open(out / f"{row['stem']}{suffix}") as written:
+                assert written.size == sizes[name], (name, suffix)
+
+
+def test_the_output_folder_is_not_read_as_input(predictor, synthetic_dataset, tmp_path):
+    """Finding 5: predict nest --out nest/pred, then again with overwrite: earlier outputs are not inputs."""
+    nest = synthetic_dataset(sizes=[(40, 30)] * 2) / "images"
+    out = nest / "pred"
+    for _ in range(2):
+        summary = predict_files(predictor, [nest], out, overwrite=True)
+        assert summary.ok, summary.errors
+        assert [Path(row["file"]).name for row in summary.rows] == ["sample_000.jpg", "sample_001.jpg"]
+    assert not list(out.glob("*_mask_*"))
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["sample_000_mask.png", "sample_001_mask.png"]
+    # The output folder or a file in it, named as an input: reported, not segmented.
+    for given in (out, out / "sample_000_mask.png", str(out / "*.png")):
+        summary = predict_files(predictor, [given], out, overwrite=True)
+        assert not summary.rows and len(summary.errors) == 1 and "output folder" in summary.errors[0], given
+
+
+def test_one_file_given_three_ways_is_segmented_once(predictor, write_image, tmp_path, monkeypatch):
+    """Finding 15: relative, absolute and x/../x names of one file give one row and one output set."""
+    write_image(tmp_path / "x" / "img.jpg", size=(40, 30))
+    monkeypatch.chdir(tmp_path)
+    given = ["x/img.jpg", str(tmp_path / "x" / "img.jpg"), "x/../x/img.jpg", "x"]
+    summary = predict_files(predictor, given, tmp_path / "out")
+    assert summary.ok and [row["file"] for row in summary.rows] == ["x/img.jpg"]
+    assert [p.name for p in (tmp_path / "out").glob("*_mask.png")] == ["img_mask.png"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_outputs_have_the_usual_permissions(predictor, synthetic_dataset, tmp_path):
+    """Finding 13: outputs follow the umask (0644 under 022), not mkstemp's 0600."""
+    previous = os.umask(0o022)
+    try:
+        predict_files(predictor, [synthetic_dataset(sizes=[(40, 30)]) / "images"], tmp_path / "out")
+    finally:
+        os.umask(previous)
+    written = list((tmp_path / "out").iterdir())
+    assert len(written) == 4 and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in written), written
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+
+
+def test_predict_removes_stale_temporaries_of_ours_only(predictor, synthetic_dataset, tmp_path):
+    """Finding 13: what a killed run left in --out (our pattern, no live writer) goes; the user's files stay."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".polypseg-tmp-0123456789abcdef.sample_000_mask.png.tmp"
+    stale.write_bytes(b"half")
+    users = [".notes.tmp", ".sample_000_mask.png.abc12345.tmp", "draft.tmp"]
+    for name in users:
+        (out / name).write_text("the user's")
+    summary = predict_files(predictor, [synthetic_dataset(sizes=[(40, 30)]) / "images"], out)
+    assert summary.ok and not stale.exists()
+    assert all((out / name).exists() for name in users)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"batch_size": -3}, "batch size"),
+        ({"batch_size": 0}, "batch size"),
+        ({"batch_size": 2.5}, "batch size"),
+        ({"opacity": 5.0}, "opacity"),
+        ({"opacity": float("nan")}, "opacity"),
+        ({"opacity": -0.1}, "opacity"),
+    ],
+)
+def test_predict_files_refuses_numbers_out_of_range_before_writing(predictor, write_image, tmp_path, options, match):
+    """Finding 12: a clear ValueError and nothing written, not an IndexError after partial outputs."""
+    write_image(tmp_path / "in" / "a.jpg", size=(40, 30))
+    with pytest.raises(ValueError, match=match):
+        predict_files(predictor, [tmp_path / "in"], tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fraction", [-0.05, 1.5, float("nan"), float("inf")])
+def test_predictor_and_overlay_refuse_numbers_out_of_range(tiny_unet, fraction):
+    with pytest.raises(ValueError, match="minimum polyp fraction"):
+        Predictor(tiny_unet, image_size=64, min_polyp_fraction=fraction)
+    with pytest.raises(ValueError, match="opacity"):
+        overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8), opacity=fraction)

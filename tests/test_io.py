@@ -1,10 +1,26 @@
 import io as stdlib_io
+import os
+import signal
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from polypseg.io import InputError, atomic_write, atomic_write_bytes, atomic_write_text, read_image, read_mask
+from polypseg.classes import binarize_mask
+from polypseg.io import (
+    InputError,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_folder,
+    atomic_write_text,
+    read_image,
+    read_mask,
+    remove_stale_temporaries,
+)
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions, fork and flock")
 
 
 def _gradient(height: int = 20, width: int = 30) -> np.ndarray:
@@ -139,3 +155,134 @@ def test_atomic_write_helpers(tmp_path):
     atomic_write_text(tmp_path / "b.txt", "replaced")
     assert (tmp_path / "b.txt").read_text() == "replaced"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.txt"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour masks (issue 10, section 3, finding 8)
+
+
+def _ellipse(height: int = 24, width: int = 32) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    return ((yy - height / 2) / (height / 3)) ** 2 + ((xx - width / 2) / (width / 3)) ** 2 <= 1
+
+
+@pytest.mark.parametrize("colour", [(255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 30, 90)])
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp"])
+def test_a_colour_mask_on_black_is_read_as_polyp(tmp_path, colour, suffix):
+    polyp = _ellipse()
+    array = np.zeros((*polyp.shape, 3), np.uint8)
+    array[polyp] = colour
+    path = tmp_path / f"mask{suffix}"
+    Image.fromarray(array).save(path, **({"quality": 95} if suffix == ".jpg" else {}))
+    read = binarize_mask(read_mask(path))
+    # JPEG blurs the ellipse's edge by a pixel or so; everything else is exact.
+    assert (read != polyp).mean() < (0.03 if suffix == ".jpg" else 1e-9), (read != polyp).sum()
+
+
+def test_a_palette_colour_mask_is_read_as_polyp(tmp_path):
+    polyp = _ellipse()
+    image = Image.fromarray(polyp.astype(np.uint8), mode="P")
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # index 1: pure red
+    image.save(tmp_path / "mask.png")
+    np.testing.assert_array_equal(binarize_mask(read_mask(tmp_path / "mask.png")), polyp)
+
+
+def test_grey_masks_stored_as_rgb_are_read_as_before(tmp_path):
+    """Grey values (Kvasir-SEG: RGB JPEGs, 0-8 and 246-255) are their grey value, binarized at 128 as always."""
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(np.stack([values] * 3, axis=-1)).save(tmp_path / "grey.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "grey.png"), values)
+
+
+def test_kvasir_seg_masks_binarize_exactly_as_their_grey_conversion(real_subset):
+    for path in sorted((real_subset / "masks").iterdir())[:25]:
+        with Image.open(path) as image:
+            grey = np.asarray(image.convert("L"))
+        np.testing.assert_array_equal(binarize_mask(read_mask(path)), grey >= 128, err_msg=path.name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Floating-point images (finding 15)
+
+
+def test_a_float_image_in_0_1_is_scaled_to_0_255(tmp_path):
+    values = np.linspace(0.0, 1.0, 20 * 30, dtype=np.float32).reshape(20, 30)
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    image = read_image(tmp_path / "float.tif")
+    assert image.shape == (20, 30, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[..., 0], np.round(values * 255).astype(np.uint8))
+    assert (image[..., 0] == image[..., 2]).all()
+
+
+def test_a_float_image_in_0_255_is_kept(tmp_path):
+    values = np.linspace(0.0, 255.0, 20 * 30, dtype=np.float32).reshape(20, 30)
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "float.tif")[..., 1], np.round(values).astype(np.uint8))
+
+
+@pytest.mark.parametrize("bad, problem", [(np.nan, "NaN"), (-3.0, "-3"), (70000.0, "70000")])
+def test_a_float_image_that_cannot_be_meant_is_refused_in_one_line(tmp_path, bad, problem):
+    values = np.full((8, 8), 0.5, np.float32)
+    values[3, 3] = bad
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    with pytest.raises(InputError, match="float.tif") as caught:
+        read_image(tmp_path / "float.tif")
+    assert problem in str(caught.value) and "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Permissions and stale temporary files (finding 13)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test: ``umask(0o022)``; the previous one is restored afterwards."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield os.umask
+    os.umask(previous)
+
+
+@posix_only
+@pytest.mark.parametrize("mask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_written_files_and_folders_follow_the_umask(tmp_path, umask, mask, file_mode, folder_mode):
+    umask(mask)
+    atomic_write_text(tmp_path / "a.txt", "a")
+    atomic_write_bytes(tmp_path / "sub" / "b.bin", b"b")
+    with atomic_write_folder(tmp_path / "best") as staging:
+        atomic_write_text(staging / "config.json", "{}")
+    for path in (tmp_path / "a.txt", tmp_path / "sub" / "b.bin", tmp_path / "best" / "config.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+    for path in (tmp_path / "sub", tmp_path / "best"):
+        assert stat.S_IMODE(path.stat().st_mode) == folder_mode, path
+
+
+def kill_during_write(target: Path) -> Path:
+    """Fork a process that dies by SIGKILL inside :func:`atomic_write`; return the temporary file it left."""
+    before = set(target.parent.iterdir()) if target.parent.is_dir() else set()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child never returns
+        try:
+            with atomic_write(target) as temporary:
+                temporary.write_bytes(b"half")
+                os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    (left,) = set(target.parent.iterdir()) - before
+    return left
+
+
+@posix_only
+def test_stale_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    stale = kill_during_write(tmp_path / "x_mask.png")
+    assert stale.name.startswith(".") and stale.name.endswith(".tmp") and not (tmp_path / "x_mask.png").exists()
+    users = [".notes.tmp", ".x_mask.png.abc12345.tmp", "notes.tmp", ".polypseg-tmp-notes.tmp"]
+    for name in users:
+        (tmp_path / name).write_text("the user's")
+    with atomic_write(tmp_path / "live.png") as live:  # a writer that is still running keeps its file
+        live.write_bytes(b"in progress")
+        assert remove_stale_temporaries(tmp_path) == [stale]
+        assert live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "live.png"])

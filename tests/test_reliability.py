@@ -112,7 +112,7 @@ def test_killed_again_and_again_resumes_to_the_same_result(synthetic_dataset, tm
     # 2. While writing the next last.ckpt: half a file under a temporary name; last.ckpt is untouched.
     done = run_cli(tmp_path, *resume, kill=("in-save", 1))
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
-    stale = list((run / "checkpoints").glob(".last.ckpt.*.tmp"))
+    stale = list((run / "checkpoints").glob(".polypseg-tmp-*.last.ckpt.tmp"))
     assert len(stale) == 1
     with pytest.raises(CheckpointError, match="damaged or incomplete"):
         load_checkpoint(stale[0])
@@ -235,9 +235,10 @@ def test_recover_folder_after_a_kill(tmp_path, left_behind, expected):
 
 
 def test_remove_stale_temporaries_only_removes_ours(tmp_path):
-    (tmp_path / ".last.ckpt.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".polypseg-tmp-0123456789abcdef.last.ckpt.tmp").write_bytes(b"half")  # no live writer holds it
     (tmp_path / "last.ckpt").write_bytes(b"whole")
     (tmp_path / "notes.tmp").write_text("not ours: not hidden")
+    (tmp_path / ".notes.abc123.tmp").write_text("not ours: another pattern")
     removed = remove_stale_temporaries(tmp_path)
-    assert [p.name for p in removed] == [".last.ckpt.abc123.tmp"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "notes.tmp"]
+    assert [p.name for p in removed] == [".polypseg-tmp-0123456789abcdef.last.ckpt.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.abc123.tmp", "last.ckpt", "notes.tmp"]

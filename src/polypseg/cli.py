@@ -9,9 +9,11 @@ line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -159,13 +161,39 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """Argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _number_between(low: float, high: float) -> Callable[[str], float]:
+    """Argparse type: a number from ``low`` to ``high`` (no NaN, no infinity)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("predict", help="segment images (masks, overlays, predictions.csv) and videos")
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns; video files (.mp4 ...)")
     parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=_positive_int, default=4, help="images per network call (default 4)")
     parser.add_argument(
         "--backend",
         default="torch",
@@ -175,7 +203,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--precision", default="auto", choices=["auto", "32", "bf16", "int8"], help="int8: OpenVINO exports only"
     )
-    parser.add_argument("--opacity", type=float, default=0.4, help="polyp tint of the overlays, 0-1")
+    parser.add_argument(
+        "--opacity", type=_number_between(0, 1), default=0.4, help="polyp tint of the overlays, 0-1 (default 0.4)"
+    )
     parser.add_argument(
         "--overlay",
         default="jpg",
@@ -184,12 +214,17 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--min-polyp-area",
-        type=float,
+        type=_number_between(0, 100),
         default=0.1,
         help="regions under this %% of the image are not counted as polyps (default 0.1)",
     )
     parser.add_argument("--tta", action="store_true", help=TTA_HELP)
     parser.set_defaults(handler=_predict)
+
+    def one_line_error(message: str) -> NoReturn:  # argparse would print the usage first: several lines
+        parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
+
+    parser.error = one_line_error  # type: ignore[method-assign]
 
 
 def _run_predict(weights: str | None, inputs: Sequence[str], args: argparse.Namespace) -> int:

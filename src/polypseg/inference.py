@@ -16,7 +16,9 @@ import csv
 import glob
 import io
 import json
+import os
 import sys
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +33,14 @@ from PIL import Image
 from polypseg.backends import Backend, TorchBackend
 from polypseg.classes import BOUNDARY, POLYP, classes_to_mask
 from polypseg.data import resize_image
-from polypseg.io import IMAGE_SUFFIXES, InputError, atomic_save, atomic_write_text, read_image
+from polypseg.io import (
+    IMAGE_SUFFIXES,
+    InputError,
+    atomic_save,
+    atomic_write_text,
+    read_image,
+    remove_stale_temporaries,
+)
 from polypseg.metrics import PolypRegion, find_polyps
 from polypseg.model import UNet
 from polypseg.tta import flip_tta
@@ -50,6 +59,8 @@ __all__ = [
     "predict_files",
     "output_suffixes",
     "print_result",
+    "validate_batch_size",
+    "validate_opacity",
 ]
 
 #: Colours of the class-map PNG palette: background black, polyp green, boundary yellow.
@@ -57,7 +68,21 @@ CLASS_PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (0, 200, 0), (255,
 #: Overlay file formats: JPEG (default; about 40x faster to encode than PNG), lossless PNG, or none.
 OVERLAY_FORMATS = ("jpg", "png", "none")
 JPEG_QUALITY = 90
-CSV_COLUMNS = ("file", "width", "height", "polyp_area_percent", "polyps", "boxes")
+CSV_COLUMNS = ("file", "width", "height", "polyp_area_percent", "polyps", "boxes", "stem")
+
+
+def validate_batch_size(batch_size: object) -> int:
+    """``batch_size`` if it is a whole number of at least 1, else a one-line ``ValueError``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+    return int(batch_size)
+
+
+def validate_opacity(opacity: object) -> float:
+    """``opacity`` if it is a number from 0 to 1, else a one-line ``ValueError``."""
+    if isinstance(opacity, bool) or not isinstance(opacity, int | float | np.number) or not 0 <= opacity <= 1:
+        raise ValueError(f"opacity must be a number from 0 to 1, got {opacity!r}")
+    return float(opacity)
 
 
 @dataclass
@@ -94,7 +119,11 @@ def overlay(image: np.ndarray, class_map: np.ndarray, opacity: float = 0.4) -> n
 
     Returns:
         (H, W, 3) uint8 RGB.
+
+    Raises:
+        ValueError: ``opacity`` is not a number from 0 to 1.
     """
+    opacity = validate_opacity(opacity)
     result = image.astype(np.float32)
     polyp = class_map == POLYP
     tint = np.array(CLASS_PALETTE[POLYP], dtype=np.float32)
@@ -114,7 +143,7 @@ class Predictor:
         precision: For a U-Net: ``"auto"`` (bf16 autocast where the CPU/GPU computes bf16 natively,
             else fp32), ``"32"`` or ``"bf16"``. A backend brings its own precision.
         min_polyp_fraction: Regions smaller than this share of the image are not counted as polyps
-            (they stay in the mask). Default 0.1 %.
+            (they stay in the mask). Default 0.1 %. From 0 to 1.
         tta: Flip test-time augmentation (:func:`polypseg.tta.flip_tta`): average the predictions of the
             image and its horizontal, vertical and double flips. Four times the inference time.
 
@@ -134,6 +163,12 @@ class Predictor:
         min_polyp_fraction: float = 0.001,
         tta: bool = False,
     ) -> None:
+        if (
+            isinstance(min_polyp_fraction, bool)
+            or not isinstance(min_polyp_fraction, int | float | np.number)
+            or not 0 <= min_polyp_fraction <= 1
+        ):
+            raise ValueError(f"minimum polyp fraction must be a number from 0 to 1, got {min_polyp_fraction!r}")
         self.backend: Backend = TorchBackend(model, precision, device) if isinstance(model, UNet) else model
         self.image_size = image_size
         self.precision = self.backend.precision
@@ -206,37 +241,68 @@ def _is_visible_image(path: Path, folder: Path) -> bool:
     return not hidden and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+def _resolved(path: Path) -> Path:
+    """The absolute path without symbolic links, ``.`` or ``..``: one name per file."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic-link loop
+        return Path(os.path.abspath(path))
+
+
+def expand_inputs(inputs: Iterable[str | Path], exclude: str | Path | None = None) -> tuple[list[Path], list[str]]:
     """Files, folders and glob patterns -> image paths, and problems.
 
     A folder is searched recursively for files with an image suffix; hidden files and folders (names
     starting with ".", such as macOS ``._IMG.jpg`` resource forks) are skipped. Files named explicitly
-    are always used.
+    are always used. A file given several times, under any names (relative, absolute, ``x/../x``, a
+    symbolic link), is used once, under the first name given.
+
+    Args:
+        inputs: Files, folders and glob patterns.
+        exclude: A folder whose files are never inputs, such as the output folder of ``predict``: when it
+            lies inside an input folder it is skipped, and a file or folder given inside it is reported.
 
     Returns:
         The paths in a stable order (duplicates removed) and one-line messages for inputs that match nothing.
     """
-    paths: list[Path] = []
+    excluded = _resolved(Path(exclude)) if exclude is not None else None
+
+    def inside_excluded(resolved: Path) -> bool:
+        return excluded is not None and resolved.is_relative_to(excluded)
+
+    found_paths: dict[Path, Path] = {}  # resolved -> as given
     problems: list[str] = []
+
+    def add(candidates: Iterable[Path]) -> int:
+        """Add the paths outside the excluded folder; return how many that were."""
+        kept = 0
+        for candidate in candidates:
+            resolved = _resolved(candidate)
+            if not inside_excluded(resolved):
+                found_paths.setdefault(resolved, candidate)
+                kept += 1
+        return kept
+
     for item in inputs:
         text = str(item)
         path = Path(text)
-        if path.is_dir():
+        if path.exists() and inside_excluded(_resolved(path)):
+            problems.append(f"{path}: is the output folder or inside it; its files are not read as inputs")
+        elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if _is_visible_image(p, path))
             if not found:
                 problems.append(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            paths.extend(found)
+            elif not add(found):
+                problems.append(f"{path}: folder holds no images outside the output folder")
         elif path.exists():
-            paths.append(path)
+            add([path])
         elif glob.has_magic(text):
             found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
-            if not found:
-                problems.append(f"{text}: pattern matches no files")
-            paths.extend(found)
+            if not add(found):
+                problems.append(f"{text}: pattern matches no files" + (" outside the output folder" if found else ""))
         else:
             problems.append(f"{path}: file not found")
-    unique = list(dict.fromkeys(paths))
-    return unique, problems
+    return list(found_paths.values()), problems
 
 
 @dataclass
@@ -252,15 +318,35 @@ class PredictionSummary:
         return not self.errors
 
 
+def _name_key(stem: str) -> str:
+    """Names that one file system may take for the same (case-insensitive, Unicode-normalising ones)."""
+    return unicodedata.normalize("NFC", stem).casefold()
+
+
 def output_stems(paths: Sequence[Path]) -> list[str]:
-    """Output name stems for input paths: the file stem, with ``-2``, ``-3``... for repeated stems."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
-    return stems
+    """Output name stems for input paths, all different: the file stem, or ``STEM-N`` when stems repeat.
+
+    The first path with a stem keeps it; each later one gets ``STEM-2``, ``STEM-3``... with the smallest
+    number whose name is neither another input's stem nor already given, so no two inputs share a name
+    (``a/x.jpg``, ``a/x-2.jpg``, ``b/x.jpg`` -> ``x``, ``x-2``, ``x-3``). Names are compared ignoring case
+    and Unicode normalisation, as macOS and Windows file systems do.
+    """
+    stems = [path.stem for path in paths]
+    taken = {_name_key(stem) for stem in stems}
+    first: set[str] = set()
+    result = []
+    for stem in stems:
+        key = _name_key(stem)
+        if key not in first:
+            first.add(key)
+            result.append(stem)
+            continue
+        number = 2
+        while _name_key(f"{stem}-{number}") in taken:
+            number += 1
+        taken.add(_name_key(f"{stem}-{number}"))
+        result.append(f"{stem}-{number}")
+    return result
 
 
 def _read_ahead(paths: Sequence[Path], lookahead: int) -> Iterator[tuple[Path, np.ndarray | InputError]]:
@@ -337,10 +423,13 @@ def predict_files(
 
     Per image, at its own resolution: ``STEM_classes.png`` (palette class map), ``STEM_mask.png``
     (binary polyp mask, 0/255) and ``STEM_overlay.jpg`` (or ``.png``, or none: ``overlay_format``);
-    ``predictions.csv`` has one row per image.
+    ``predictions.csv`` has one row per image, with its STEM (:func:`output_stems`: the file's stem, or
+    ``STEM-N`` when stems repeat, so that no two inputs share outputs).
 
     A file that cannot be read or whose outputs exist (without ``overwrite``) is reported and skipped;
-    the others are still done. ``predictions.csv`` is written atomically at the end.
+    the others are still done. ``predictions.csv`` is written atomically at the end. Files inside
+    ``out_dir`` are never inputs (earlier outputs are not segmented again), a file given twice is done
+    once, and temporary files that a killed earlier run left in ``out_dir`` are deleted first.
 
     Args:
         predictor: The loaded model.
@@ -354,15 +443,18 @@ def predict_files(
 
     Raises:
         FileExistsError: ``out_dir/predictions.csv`` exists and ``overwrite`` is False.
-        ValueError: Unknown ``overlay_format``.
+        ValueError: Unknown ``overlay_format``, a ``batch_size`` under 1, an ``opacity`` outside 0-1.
     """
     suffixes = output_suffixes(overlay_format)
+    batch_size = validate_batch_size(batch_size)
+    opacity = validate_opacity(opacity)
     out_dir = Path(out_dir)
     csv_path = out_dir / "predictions.csv"
     if csv_path.exists() and not overwrite:
         raise FileExistsError(f"{csv_path}: exists; pass --overwrite to replace earlier predictions")
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths, problems = expand_inputs(inputs)
+    remove_stale_temporaries(out_dir)
+    paths, problems = expand_inputs(inputs, exclude=out_dir)
     summary = PredictionSummary(errors=list(problems))
     report = on_result or (lambda path, prediction, error: None)
     for problem in problems:
@@ -390,6 +482,7 @@ def predict_files(
                     "polyp_area_percent": round(prediction.polyp_area_percent, 3),
                     "polyps": len(prediction.polyps),
                     "boxes": json.dumps([list(region.box) for region in prediction.polyps]),
+                    "stem": stems[path],
                 }
             )
             report(path, prediction, None)

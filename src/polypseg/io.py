@@ -4,22 +4,31 @@ Every reader raises :class:`InputError` with a one-line message that names the f
 nothing else: whatever Pillow raises on a damaged or hostile file becomes an :class:`InputError`.
 
 Writers never leave a half-written file under the final name: they write a temporary file beside it and
-rename it (``os.replace``, atomic on POSIX and Windows). A process killed mid-write leaves at most a
-hidden ``.NAME.*.tmp`` file, which :func:`remove_stale_temporaries` clears. :func:`atomic_write_folder`
-does the same for a folder whose files must stay a consistent set (``best/``: weights and config).
+rename it (``os.replace``, atomic on POSIX and Windows). Written files get the usual permissions
+(``0o666`` less the umask, like any file the process creates), not the ``0o600`` of ``tempfile.mkstemp``.
+A process killed mid-write leaves at most a hidden ``.polypseg-tmp-*.tmp`` file, which
+:func:`remove_stale_temporaries` clears; a writer holds a lock on its temporary file (POSIX), so files
+still being written by a live process are left alone. :func:`atomic_write_folder` does the same for a
+folder whose files must stay a consistent set (``best/``: weights and config).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; an open file cannot be deleted there anyway
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -86,6 +95,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     image = _open(path)
+    if image.mode == "F":
+        image = Image.fromarray(_float_to_uint8(path, np.asarray(image, dtype=np.float64)))
     try:
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             scaled = np.asarray(image, dtype=np.float64)
@@ -99,8 +110,24 @@ def read_image(path: str | Path) -> np.ndarray:
     return array
 
 
+def _float_to_uint8(path: Path, values: np.ndarray) -> np.ndarray:
+    """A float image to uint8: values in [0, 1] are scaled to 0-255, values in [0, 255] kept; else refused."""
+    if not np.isfinite(values).all():
+        raise InputError(path, "floating-point image holds NaN or infinite values")
+    low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
+    if low < 0 or high > 255:
+        raise InputError(path, f"floating-point image with values {low:g} to {high:g}; expected 0-1 or 0-255")
+    scale = 255.0 if high <= 1 else 1.0
+    return np.clip(values * scale, 0, 255).round().astype(np.uint8)
+
+
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask as (H, W) uint8 grayscale (0-255); binarize it with :func:`polypseg.classes.binarize_mask`."""
+    """Read a mask as (H, W) uint8 grayscale (0-255); binarize it with :func:`polypseg.classes.binarize_mask`.
+
+    A colour mask (RGB, palette, CMYK...) gives the largest of its red, green and blue values, so any clearly
+    non-black colour (a pure red polyp on black, for instance) is a polyp; for grey masks stored as RGB, such
+    as Kvasir-SEG's JPEGs, that is their grey value. Alpha is ignored.
+    """
     path = Path(path)
     image = _open(path)
     try:
@@ -113,8 +140,10 @@ def read_mask(path: str | Path) -> np.ndarray:
             )
         elif image.mode == "1":
             mask = np.asarray(image, dtype=np.uint8) * 255
-        else:
+        elif image.mode in ("L", "LA", "La"):
             mask = np.asarray(image.convert("L"))
+        else:  # colour: the brightest channel, so that a red or green mask is not read as dark grey
+            mask = np.asarray(image.convert("RGB")).max(axis=2)
     except Exception as error:  # exotic modes Pillow cannot convert
         raise InputError(path, f"cannot convert mask to grayscale ({_one_line(error)})") from None
     if mask.shape[0] < 1 or mask.shape[1] < 1:
@@ -132,9 +161,35 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+#: Temporary files of :func:`atomic_write` are named ``.polypseg-tmp-RANDOM.NAME.tmp``.
+TEMPORARY_PREFIX = ".polypseg-tmp-"
+_TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r"[0-9a-f]{16}\..*\.tmp", re.DOTALL)
+
+
+def _create_temporary(path: Path) -> tuple[Path, int]:
+    """Create an empty temporary file beside ``path``; return it and an open descriptor.
+
+    Unlike ``tempfile.mkstemp`` (always ``0o600``), the file is created with mode ``0o666`` less the umask,
+    so the renamed result has the permissions of any other file the process writes.
+    """
+    # The final name is kept only for recognition by people; at most 100 bytes of it (names are limited to 255).
+    shown = os.fsdecode(os.fsencode(path.name)[:100])
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        temporary = path.parent / f"{TEMPORARY_PREFIX}{secrets.token_hex(8)}.{shown}.tmp"
+        try:
+            return temporary, os.open(temporary, flags, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: cannot create a temporary file for {path.name}")
+
+
 @contextmanager
 def atomic_write(path: str | Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    The temporary file is locked (``flock``, POSIX) while the block runs, which tells
+    :func:`remove_stale_temporaries` that its writer is alive.
 
     Args:
         path: The final file.
@@ -143,10 +198,16 @@ def atomic_write(path: str | Path, durable: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary_path = Path(temporary)
+    temporary_path, descriptor = _create_temporary(path)
     try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a file system without locks: the file is only unprotected from cleaning
+                pass
+        else:  # Windows cannot rename a file that is open
+            os.close(descriptor)
+            descriptor = -1
         yield temporary_path
         if durable:
             with temporary_path.open("rb+") as written:
@@ -156,6 +217,8 @@ def atomic_write(path: str | Path, durable: bool = False) -> Iterator[Path]:
             _fsync_folder(path.parent)
     finally:
         temporary_path.unlink(missing_ok=True)
+        if descriptor >= 0:
+            os.close(descriptor)  # releases the lock
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
@@ -231,15 +294,39 @@ def recover_folder(folder: str | Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files that :func:`atomic_write` leaves when its process is killed.
+def _is_abandoned(path: Path) -> bool:
+    """True when no live process holds the lock of :func:`atomic_write` on the temporary file ``path``."""
+    if fcntl is None:
+        return True  # Windows: a file still being written is open and cannot be deleted
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by a live writer, or no locks on this file system: leave it alone
+        return False
+    finally:
+        os.close(descriptor)
+    return True
 
-    Only call this when no other process writes into ``folder``. Returns the deleted paths.
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` leaves in ``folder`` when its process is killed.
+
+    Only files named like ours (``.polypseg-tmp-RANDOM.NAME.tmp``, regular files) whose writer is gone are
+    deleted: files that a running process is still writing are kept, and so is everything else.
+    Returns the deleted paths.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = sorted(path for path in folder.glob(".*.tmp") if path.is_file())
-    for path in stale:
-        path.unlink(missing_ok=True)
+    stale = []
+    for path in sorted(folder.iterdir()):
+        if _TEMPORARY_NAME.fullmatch(path.name) and not path.is_symlink() and path.is_file() and _is_abandoned(path):
+            try:
+                path.unlink()
+            except OSError:  # gone meanwhile, or (Windows) still open
+                continue
+            stale.append(path)
     return stale

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from polypseg.inference import Predictor, overlay
-from polypseg.io import InputError, atomic_write, atomic_write_text
+from polypseg.inference import Predictor, output_stems, overlay, validate_batch_size, validate_opacity
+from polypseg.io import InputError, atomic_write, atomic_write_text, remove_stale_temporaries
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -75,7 +76,10 @@ def split_video_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[s
                 others.append(text)  # reported by the image path as "pattern matches no files"
         else:
             videos.append(Path(text))
-    return list(dict.fromkeys(videos)), others
+    unique: dict[str, Path] = {}
+    for video in videos:  # a video given under several names (relative, absolute, x/../x) is done once
+        unique.setdefault(os.path.realpath(video), video)
+    return list(unique.values()), others
 
 
 def _av() -> Any:
@@ -147,7 +151,9 @@ def predict_video(
     Raises:
         InputError: The video cannot be opened or decoded, or has no video stream (one-line message).
         FileExistsError: An output exists and ``overwrite`` is False.
+        ValueError: A ``batch_size`` under 1 or an ``opacity`` outside 0-1.
     """
+    batch_size, opacity = validate_batch_size(batch_size), validate_opacity(opacity)
     av = _av()
     path, out_dir = Path(path), Path(out_dir)
     stem = stem or path.stem
@@ -204,13 +210,8 @@ def predict_video(
 
 
 def video_stems(videos: Sequence[Path]) -> list[str]:
-    """Output names of the videos: the file stem, with ``-2``, ``-3``... for repeated stems."""
-    seen: dict[str, int] = {}
-    stems = []
-    for video in videos:
-        seen[video.stem] = seen.get(video.stem, 0) + 1
-        stems.append(video.stem if seen[video.stem] == 1 else f"{video.stem}-{seen[video.stem]}")
-    return stems
+    """Output names of the videos, all different: as :func:`polypseg.inference.output_stems`."""
+    return output_stems(videos)
 
 
 def predict_videos(
@@ -226,7 +227,12 @@ def predict_videos(
 
     Returns:
         The summaries of the videos done, and one-line errors.
+
+    Raises:
+        ValueError: A ``batch_size`` under 1 or an ``opacity`` outside 0-1.
     """
+    batch_size, opacity = validate_batch_size(batch_size), validate_opacity(opacity)
+    remove_stale_temporaries(out_dir)
     done: list[VideoSummary] = []
     errors: list[str] = []
     report = on_result or (lambda path, summary, error: None)
