@@ -438,8 +438,9 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from polypseg.benchmark import format_results, run_benchmark
+    from polypseg.benchmark import format_results, machine_header, run_benchmark
 
+    print(machine_header())
     print("measuring, one case at a time (each in its own process):")
     results = run_benchmark(quick=args.quick, seconds=args.seconds, out=args.out, progress=lambda row: print(" ", row))
     print()
