@@ -171,12 +171,20 @@ def test_load_backend_exports_once_and_caches(exported, tmp_path, monkeypatch):
     weights, _, _, _ = exported
     monkeypatch.setenv("POLYPSEG_CACHE", str(tmp_path / "cache"))
     backend = load_backend(weights, "onnxruntime")
-    assert backend.name == "onnxruntime"
+    assert backend.name == "onnxruntime" and backend.auto_choice is None
+    assert backend.export.fmt == "onnx" and backend.export.seconds > 0  # made now: its time is reported
     (cached,) = list(export_cache_dir().iterdir())
+    assert backend.export.path == cached
     stamp = (cached / "model.onnx").stat().st_mtime_ns
-    load_backend(weights, "onnxruntime")
+    again = load_backend(weights, "onnxruntime")
     assert (cached / "model.onnx").stat().st_mtime_ns == stamp
-    assert load_backend(weights, "auto").name == "onnxruntime"
+    assert again.export.path == cached and again.export.seconds is None  # reused: no export time
+    monkeypatch.setenv("POLYPSEG_NATIVE_BF16", "0")  # width 4 is small: ONNX Runtime fp32 without native bf16
+    auto = load_backend(weights, "auto")
+    assert (auto.name, auto.precision) == ("onnxruntime", "32") and auto.auto_choice.backend == "onnxruntime"
+    monkeypatch.setenv("POLYPSEG_NATIVE_BF16", "1")
+    auto = load_backend(weights, "auto")
+    assert (auto.name, auto.precision) == ("openvino", "bf16") and "native bf16" in auto.auto_choice.reason
     assert load_backend(weights, "openvino").name == "openvino"
 
 

@@ -12,13 +12,17 @@ name               what runs
                    (inference precision hint; only fast where the CPU has native bf16) or ``int8``
                    (an NNCF-quantised IR, see :func:`polypseg.export.export_model`)
 =================  ===================================================================================
+
+``auto`` (:func:`choose_backend`) picks the runtime and precision that measured fastest on CPUs like the
+one it runs on; ``polypseg benchmark`` marks its pick and says whether it is within 10% of the fastest case.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -28,10 +32,13 @@ from polypseg.model import UNet
 
 __all__ = [
     "BACKENDS",
+    "SMALL_MODEL_CHANNELS",
     "Backend",
+    "BackendChoice",
     "OnnxRuntimeBackend",
     "OpenVINOBackend",
     "TorchBackend",
+    "choose_backend",
     "installed_backends",
 ]
 
@@ -50,12 +57,9 @@ class Backend(Protocol):
 
 
 def installed_backends() -> list[str]:
-    """The backends whose runtime is importable here, fastest fp32 first.
+    """The backends whose runtime is importable here: ONNX Runtime, OpenVINO (where installed), then PyTorch.
 
-    Order from ``polypseg benchmark`` on a 2-core AVX-512 CPU: for the small bundled model (width 16)
-    ONNX Runtime fp32 ran 1.2-1.5x PyTorch eager fp32 and OpenVINO fp32 0.75-1.1x (for width 64 OpenVINO
-    was ahead, 1.9x vs 1.5x). OpenVINO int8 is faster still but needs an explicit ``--int8`` export, so
-    ``auto`` never picks it.
+    The order is not a speed ranking: ``auto`` decides with :func:`choose_backend`.
     """
     found = [
         name
@@ -63,6 +67,117 @@ def installed_backends() -> list[str]:
         if importlib.util.find_spec(module) is not None
     ]
     return [*found, "torch"]
+
+
+#: Models this wide or narrower (``base_channels``) count as small for :func:`choose_backend`: without native
+#: bf16, ONNX Runtime fp32 ran faster than OpenVINO fp32 for them (width 16, batch 8: 1.19x vs 0.75x eager
+#: fp32 on an AVX-512 + VNNI Xeon), while OpenVINO fp32 led for the full width-64 model (1.87x vs 1.50x).
+SMALL_MODEL_CHANNELS = 16
+
+
+class BackendChoice(NamedTuple):
+    """What ``--backend auto`` runs.
+
+    ``backend`` and ``precision`` as :func:`polypseg.export.load_backend` takes them, and ``reason``, a short
+    phrase for the one line ``predict`` prints about its choice.
+    """
+
+    backend: str
+    precision: str
+    reason: str
+
+    def __str__(self) -> str:
+        precision = "fp32" if self.precision == "32" else self.precision
+        return f"{self.backend} {precision} ({self.reason})"
+
+
+def choose_backend(
+    installed: Sequence[str],
+    native_bf16: bool,
+    has_int8_export: bool = False,
+    base_channels: int | None = None,
+    precision: str = "auto",
+    bf16_evidence: str | None = None,
+) -> BackendChoice:
+    """The fastest runtime and precision for ``--backend auto``, from what is installed and the CPU.
+
+    A pure function of its arguments (:func:`polypseg.export.load_backend` passes
+    :func:`installed_backends`, :func:`~polypseg.hardware.cpu_supports_bf16` and what the weights folder
+    holds), so the rule can be tested for any CPU. With ``precision="auto"``, first that applies:
+
+    1. OpenVINO int8 where the weights folder is an OpenVINO export with ``model_int8.xml``: int8 was the
+       fastest case on every CPU measured (width 64, batch 1: 5.27x eager fp32 on a CPU with native bf16,
+       5.51x on one without).
+    2. On a CPU with native bf16 (AVX512-BF16 or AMX): OpenVINO bf16 (2.87x at width 64), else PyTorch bf16
+       autocast (2.06x; faster than ONNX Runtime fp32 there, 1.31x), else ONNX Runtime fp32.
+    3. fp32 otherwise (bf16 is emulated and about 3x slower than fp32 without native support): OpenVINO fp32
+       (1.87x at width 64 vs ONNX Runtime's 1.50x), except for small models (``base_channels`` at most
+       :data:`SMALL_MODEL_CHANNELS`), where ONNX Runtime comes first (1.19x vs 0.75x at width 16, batch 8);
+       PyTorch fp32 where neither runtime is installed.
+
+    An explicit ``precision`` (``"32"``, ``"bf16"``, ``"int8"``) keeps the runtime choice within what runs
+    that precision.
+
+    Args:
+        installed: Runtimes that can run these weights, e.g. ``installed_backends()`` (without ``"torch"``
+            for an export folder, without ``"onnxruntime"`` where there is no ``model.onnx``).
+        native_bf16: Whether the CPU computes bf16 natively.
+        has_int8_export: Whether the weights folder is an OpenVINO export holding ``model_int8.xml``.
+        base_channels: The model's width (``None``: unknown, treated as a full-size model).
+        precision: ``"auto"``, ``"32"``, ``"bf16"`` or ``"int8"``.
+        bf16_evidence: What says the CPU has (or lacks) native bf16, e.g. ``"avx512_bf16"``, for ``reason``.
+
+    Returns:
+        The backend, precision and the reason, e.g. ``openvino bf16 (CPU has native bf16: avx512_bf16)``.
+
+    Raises:
+        ValueError: Nothing installed can run ``precision`` (int8 without an int8 export or OpenVINO,
+            bf16 with only ONNX Runtime), or ``precision`` is unknown.
+
+    Example:
+        >>> choose_backend(["onnxruntime", "openvino", "torch"], native_bf16=True, bf16_evidence="avx512_bf16")
+        BackendChoice(backend='openvino', precision='bf16', reason='CPU has native bf16: avx512_bf16')
+        >>> str(choose_backend(["onnxruntime", "openvino", "torch"], native_bf16=False, base_channels=64))
+        'openvino fp32 (CPU has no native bf16; OpenVINO leads fp32 for full-size models)'
+    """
+    if precision not in ("auto", "32", "bf16", "int8"):
+        raise ValueError(f"precision must be auto, 32, bf16 or int8, got {precision!r}")
+    bf16_note = f": {bf16_evidence}" if bf16_evidence else ""
+    if precision in ("auto", "int8") and has_int8_export and "openvino" in installed:
+        return BackendChoice("openvino", "int8", "the weights are an OpenVINO export with model_int8.xml")
+    if precision == "int8":
+        raise ValueError(
+            "int8 needs an OpenVINO export made with `polypseg export --format openvino --int8` and OpenVINO "
+            "installed; pass that folder as --weights"
+        )
+    if precision == "bf16" or (precision == "auto" and native_bf16):
+        why = "CPU has native bf16" + bf16_note if native_bf16 else "precision bf16 asked for"
+        for backend in ("openvino", "torch"):
+            if backend in installed:
+                extra = "" if backend == "openvino" or precision == "bf16" else "; OpenVINO not installed"
+                return BackendChoice(backend, "bf16", why + extra)
+        if precision == "bf16":
+            raise ValueError(f"bf16 needs OpenVINO or PyTorch weights; only {', '.join(installed) or 'nothing'} here")
+    small = base_channels is not None and base_channels <= SMALL_MODEL_CHANNELS
+    order = ("onnxruntime", "openvino", "torch") if small else ("openvino", "onnxruntime", "torch")
+    if precision == "32":
+        why = "precision 32 asked for"
+    elif native_bf16:
+        why = f"CPU has native bf16{bf16_note}, but no installed bf16 runtime can run these weights"
+    else:
+        why = f"CPU has no native bf16{bf16_note}"
+    names = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+    leader = f"{names[order[0]]} leads fp32 for " + (
+        f"small models (width <= {SMALL_MODEL_CHANNELS})" if small else "full-size models"
+    )
+    for backend in order:
+        if backend in installed:
+            if backend == "torch":
+                note = "neither ONNX Runtime nor OpenVINO installed"
+            else:
+                note = leader if backend == order[0] else f"{names[order[0]]} not installed"
+            return BackendChoice(backend, "32", f"{why}; {note}")
+    raise ValueError("no inference runtime can run these weights")
 
 
 class TorchBackend:

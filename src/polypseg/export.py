@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +24,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from polypseg.backends import Backend, OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, installed_backends
+from polypseg.backends import (
+    Backend,
+    BackendChoice,
+    OnnxRuntimeBackend,
+    OpenVINOBackend,
+    TorchBackend,
+    choose_backend,
+    installed_backends,
+)
 from polypseg.data import resize_image
-from polypseg.hardware import cpu_supports_bf16
+from polypseg.hardware import cpu_supports_bf16, native_bf16_evidence
 from polypseg.io import atomic_write_text, read_image
 from polypseg.model import UNet
 from polypseg.weights import CONFIG_NAME, WEIGHTS_NAME, load_pretrained, read_model_config, resolve_weights
 
 __all__ = [
+    "CachedExport",
     "ExportReport",
     "INT8_OPTIONS",
     "Parity",
@@ -39,11 +50,14 @@ __all__ = [
     "export_onnx",
     "images_for",
     "load_backend",
+    "plan_auto_backend",
     "parity",
     "quantize_int8",
 ]
 
 FORMATS = ("onnx", "openvino")
+
+logger = logging.getLogger(__name__)
 
 #: Options of ``nncf.quantize`` for the int8 export, recorded in the export's ``config.json``.
 #: Full (not fast) bias correction measures each layer's output shift with the layers before it already
@@ -256,14 +270,30 @@ def _is_export(folder: Path) -> bool:
     return (folder / "model.onnx").exists() or (folder / "model.xml").exists()
 
 
-def _cached_export(weights: str | Path | None, fmt: str) -> Path:
+@dataclass(frozen=True)
+class CachedExport:
+    """An export :func:`load_backend` uses for a runtime.
+
+    ``path`` is its folder; ``seconds`` how long making it took, or ``None`` where an earlier export was reused.
+    """
+
+    path: Path
+    fmt: str
+    seconds: float | None = None
+
+    def __str__(self) -> str:
+        return f"exported the model for {self.fmt} in {self.seconds:.1f} s (cached in {self.path})"
+
+
+def _cached_export(weights: str | Path | None, fmt: str) -> CachedExport:
     """Export once per weights file content and format; later calls reuse the folder."""
     resolved = resolve_weights(weights)
     weights_file = resolved / WEIGHTS_NAME if resolved.is_dir() else resolved
     digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()[:20]
     target = export_cache_dir() / f"{digest}-{fmt}"
     if _is_export(target):
-        return target
+        return CachedExport(target, fmt)
+    start = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as scratch:
         export_model(weights, fmt, Path(scratch) / "out", check_parity=False)
@@ -272,44 +302,91 @@ def _cached_export(weights: str | Path | None, fmt: str) -> Path:
         except OSError:  # another process finished the same export first
             if not _is_export(target):
                 raise
-    return target
+    made = CachedExport(target, fmt, time.perf_counter() - start)
+    logger.info("%s", made)
+    return made
+
+
+def plan_auto_backend(weights: str | Path | None = None, precision: str = "auto") -> BackendChoice:
+    """What ``--backend auto`` runs for these weights on this machine (see :func:`~polypseg.backends.choose_backend`).
+
+    The runtimes offered are the installed ones that can run the weights: an export folder excludes PyTorch
+    (and ONNX Runtime where it holds no ``model.onnx``); an OpenVINO export with ``model_int8.xml`` offers
+    int8. The model's width comes from its ``config.json``.
+    """
+    resolved = resolve_weights(weights)
+    folder = resolved if resolved.is_dir() else resolved.parent
+    exported = _is_export(folder) and not (folder / WEIGHTS_NAME).exists()
+    installed = installed_backends()
+    if exported:
+        installed = [name for name in installed if name != "torch"]
+        if not (folder / "model.onnx").exists():
+            installed = [name for name in installed if name != "onnxruntime"]
+    width = read_model_config(weights).get("base_channels")
+    return choose_backend(
+        installed,
+        native_bf16=cpu_supports_bf16(),
+        has_int8_export=exported and (folder / "model_int8.xml").exists(),
+        base_channels=width if isinstance(width, int) else None,
+        precision=precision,
+        bf16_evidence=native_bf16_evidence(),
+    )
 
 
 def load_backend(weights: str | Path | None = None, backend: str = "torch", precision: str = "auto") -> Backend:
     """Build an inference backend for weights, exporting (once, cached) when the runtime needs it.
 
+    The backend returned carries what was decided on the way, for callers that report it (``predict``):
+    ``backend.auto_choice`` (the :class:`~polypseg.backends.BackendChoice` of ``auto``, else ``None``) and
+    ``backend.export`` (the :class:`CachedExport` used, with its ``seconds`` where this call made it, else
+    ``None``). Both are also logged (``logging``, logger ``polypseg.export``, level INFO).
+
     Args:
         weights: Weights (folder, file, run folder, ``hf://``; ``None``: bundled) or an export folder
             written by :func:`export_model` (``model.onnx`` / ``model.xml`` / ``model_int8.xml``).
-        backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"``, or ``"auto"``: the first installed of
-            ONNX Runtime, OpenVINO, PyTorch (see :func:`polypseg.backends.installed_backends`).
+        backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"``, or ``"auto"``: the runtime and precision
+            that measured fastest on CPUs like this one (:func:`plan_auto_backend`: OpenVINO int8 for an
+            int8 export, else bf16 where the CPU computes it natively, else fp32).
         precision: ``"auto"`` (bf16 where the CPU computes it natively, else fp32), ``"32"``, ``"bf16"``
             (torch, openvino) or ``"int8"`` (openvino, from an export made with ``--int8``).
 
     Raises:
         ValueError: An unknown backend or a precision the backend does not offer.
     """
+    choice = None
     if backend == "auto":
-        backend = installed_backends()[0]
+        choice = plan_auto_backend(weights, precision)
+        backend, precision = choice.backend, choice.precision
+        logger.info("backend auto: %s", choice)
     if backend not in ("torch", "onnxruntime", "openvino"):
         raise ValueError(f"backend must be auto, torch, onnxruntime or openvino, got {backend!r}")
     resolved = resolve_weights(weights)
     folder = resolved if resolved.is_dir() else resolved.parent
     exported = _is_export(folder) and not (folder / WEIGHTS_NAME).exists()
+    made: CachedExport | None = None
     if backend == "torch":
         if exported:
             raise ValueError(f"{folder}: an export folder; use --backend onnxruntime or openvino with it")
-        return TorchBackend(load_pretrained(weights), precision)
-    if precision == "int8" and not (backend == "openvino" and (folder / "model_int8.xml").exists()):
-        raise ValueError(
-            "int8 needs an OpenVINO export made with `polypseg export --format openvino --int8`; "
-            "pass that folder as --weights with --backend openvino"
-        )
-    source = folder if exported else _cached_export(weights, "openvino" if backend == "openvino" else "onnx")
-    if backend == "onnxruntime":
-        if precision not in ("auto", "32"):
-            raise ValueError(f"onnxruntime runs fp32 only, got precision {precision!r}")
-        return OnnxRuntimeBackend(source)
-    if precision == "auto":
-        precision = "bf16" if cpu_supports_bf16() else "32"
-    return OpenVINOBackend(source, precision)
+        loaded: Backend = TorchBackend(load_pretrained(weights), precision)
+    else:
+        if precision == "int8" and not (backend == "openvino" and (folder / "model_int8.xml").exists()):
+            raise ValueError(
+                "int8 needs an OpenVINO export made with `polypseg export --format openvino --int8`; "
+                "pass that folder as --weights with --backend openvino"
+            )
+        if exported:
+            source = folder
+        else:
+            made = _cached_export(weights, "openvino" if backend == "openvino" else "onnx")
+            source = made.path
+        if backend == "onnxruntime":
+            if precision not in ("auto", "32"):
+                raise ValueError(f"onnxruntime runs fp32 only, got precision {precision!r}")
+            loaded = OnnxRuntimeBackend(source)
+        else:
+            if precision == "auto":
+                precision = "bf16" if cpu_supports_bf16() else "32"
+            loaded = OpenVINOBackend(source, precision)
+    loaded.auto_choice = choice  # type: ignore[attr-defined]
+    loaded.export = made  # type: ignore[attr-defined]
+    return loaded

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NATIVE_BF16_ENV", "cpu_flags", "cpu_supports_bf16", "resolve_precision"]
+__all__ = ["NATIVE_BF16_ENV", "cpu_flags", "cpu_supports_bf16", "native_bf16_evidence", "resolve_precision"]
 
 #: Environment variable that overrides the detection of native bf16: ``"1"`` (present) or ``"0"`` (absent).
 NATIVE_BF16_ENV = "POLYPSEG_NATIVE_BF16"
@@ -56,6 +56,21 @@ def cpu_supports_bf16() -> bool:
         return override.strip() == "1"
     flags = cpu_flags()
     return flags["avx512_bf16"] or flags["amx_bf16"]
+
+
+def native_bf16_evidence() -> str:
+    """Why :func:`cpu_supports_bf16` answers as it does, in a few words (for messages and reports).
+
+    Returns:
+        ``"POLYPSEG_NATIVE_BF16=1"`` (or ``=0``) where the override is set, else the flags that give native
+        bf16 (``"avx512_bf16"``, ``"avx512_bf16, amx_bf16"``), else a note that neither is listed.
+    """
+    override = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if override in ("0", "1"):
+        return f"{NATIVE_BF16_ENV}={override}"
+    flags = cpu_flags()
+    present = [flag for flag in ("avx512_bf16", "amx_bf16") if flags[flag]]
+    return ", ".join(present) if present else "no avx512_bf16 or amx_bf16 in /proc/cpuinfo"
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
