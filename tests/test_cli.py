@@ -236,4 +236,6 @@ def test_evaluate_several_datasets_in_one_run(tiny_weights, synthetic_dataset, t
     capsys.readouterr()
     assert main([*args, "--splits", str(splits), "--out", str(out)]) == 2
     assert "--overwrite" in one_line_error(capsys)
-    assert main([*args, "--splits", str(splits), "--out", str(out), "--overwrite"]) == 0
+    assert main([*args, "--splits", str(splits), "--out", str(out), "--overwrite", "--report"]) == 0
+    for name in ("kvasir-seg", "cvc-tiny"):
+        assert (out / name / "dice_histogram.png").exists() and (out / name / "worst_cases.png").exists()
