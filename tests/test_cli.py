@@ -209,3 +209,75 @@ def test_predict_two_folders_with_clashing_names(tiny_weights, write_image, tmp_
     with (out / "predictions.csv").open() as handle:
         stems = {row["file"].replace(str(tmp_path), "").lstrip("/"): row["stem"] for row in csv.DictReader(handle)}
     assert stems == {"a/same.jpg": "same", "a/same-2.jpg": "same-2", "b/same.jpg": "same-3"}
+
+
+LITERATURE_HEADERS = ["mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE"]
+
+
+def test_evaluate_prints_and_writes_the_literature_measures(tiny_weights, synthetic_dataset, tmp_path, capsys):
+    data = synthetic_dataset(sizes=[(64, 64)] * 3, name="other")
+    report = tmp_path / "report"
+    assert (
+        main(
+            ["evaluate", "--weights", str(tiny_weights), "--data", str(data), "--split", "all"] + ["--out", str(report)]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "3-class mean (card)" in out and "polyp literature measures (probability map at 64x64)" in out
+    header = next(line for line in out.splitlines() if line.startswith("dataset"))
+    assert header.split() == ["dataset", "images", *LITERATURE_HEADERS]
+    metrics = json.loads((report / "metrics.json").read_text())
+    for key in ("lit_mean_dice", "lit_mean_iou", "lit_wfm", "lit_sm", "lit_mean_em", "lit_max_em", "lit_mae"):
+        assert 0.0 <= metrics["metrics"][key] <= 1.07, key
+    assert "pysodmetrics" in metrics["literature_protocol"] and "PraNet" in metrics["literature_protocol"]
+
+
+def test_evaluate_several_datasets_in_one_run(tiny_weights, synthetic_dataset, tmp_path, capsys):
+    # A Kvasir-SEG-named folder is scored on its split; any other folder is scored whole.
+    kvasir = synthetic_dataset(sizes=[(64, 64)] * 5, name="kvasir-seg", seed=1)
+    other = synthetic_dataset(sizes=[(64, 48), (48, 64), (64, 64)], name="cvc-tiny", seed=2)
+    splits = tmp_path / "splits.json"
+    splits.write_text(
+        json.dumps(
+            {"train": ["sample_000", "sample_001", "sample_002"], "val": [], "test": ["sample_003", "sample_004"]}
+        )
+    )
+    out = tmp_path / "multi"
+    args = ["evaluate", "--weights", str(tiny_weights), "--data", str(kvasir), "--data", str(other)]
+    assert main([*args, "--splits", str(splits), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    header = printed.index(next(line for line in printed if line.startswith("dataset")))
+    assert printed[header].split() == ["dataset", "images", *LITERATURE_HEADERS]
+    assert printed[header + 1].split()[:2] == ["kvasir-seg", "2"]
+    assert printed[header + 2].split()[:2] == ["cvc-tiny", "3"]
+    with (out / "literature.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["dataset"], r["split"], r["images"]) for r in rows] == [
+        ("kvasir-seg", "test", "2"),
+        ("cvc-tiny", "all", "3"),
+    ]
+    assert list(rows[0])[-7:] == LITERATURE_HEADERS
+    for name, images in (("kvasir-seg", 2), ("cvc-tiny", 3)):
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert metrics["images"] == images and (out / name / "per_image.csv").exists()
+        row = next(r for r in rows if r["dataset"] == name)
+        assert float(row["mDice"]) == pytest.approx(metrics["metrics"]["lit_mean_dice"], abs=5e-5)
+        assert float(row["MAE"]) == pytest.approx(metrics["metrics"]["lit_mae"], abs=5e-5)
+    # The same numbers as evaluating the folder on its own (both in fp32).
+    alone = tmp_path / "alone"
+    assert (
+        main(["evaluate", "--weights", str(tiny_weights), "--data", str(other), "--split", "all", "--out", str(alone)])
+        == 0
+    )
+    assert (
+        json.loads((alone / "metrics.json").read_text())["metrics"]
+        == json.loads((out / "cvc-tiny" / "metrics.json").read_text())["metrics"]
+    )
+    # Existing reports are refused before anything is scored; --overwrite replaces them.
+    capsys.readouterr()
+    assert main([*args, "--splits", str(splits), "--out", str(out)]) == 2
+    assert "--overwrite" in one_line_error(capsys)
+    assert main([*args, "--splits", str(splits), "--out", str(out), "--overwrite", "--report"]) == 0
+    for name in ("kvasir-seg", "cvc-tiny"):
+        assert (out / name / "dice_histogram.png").exists() and (out / name / "worst_cases.png").exists()

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -246,3 +247,137 @@ def test_read_truth_boxes_scales_to_the_evaluation_size(tmp_path):
     (tmp_path / "kavsir_bboxes.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="kavsir_bboxes.json"):
         read_truth_boxes(tmp_path, 256)
+
+
+# --- literature measures (pysodmetrics) --------------------------------------------------------------
+
+# A 4x4 mask with a 2x2 polyp in the middle (4 of 16 pixels).
+MASK_4X4 = np.zeros((4, 4), dtype=bool)
+MASK_4X4[1:3, 1:3] = True
+
+
+def _literature(probability: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    from polypseg.metrics import literature_image_scores
+
+    scores = literature_image_scores(probability, truth)
+    return {
+        "mean_dice": float(scores["dice"].mean()),
+        "mean_iou": float(scores["iou"].mean()),
+        "mean_em": float(scores["em"].mean()),
+        "max_em": float(scores["em"].max()),
+        "wfm": scores["wfm"],
+        "sm": scores["sm"],
+        "mae": scores["mae"],
+    }
+
+
+def test_literature_perfect_prediction_by_hand():
+    scores = _literature(MASK_4X4.astype(float), MASK_4X4)
+    assert scores["mae"] == 0.0
+    assert scores["sm"] == pytest.approx(1.0)
+    assert scores["wfm"] == pytest.approx(1.0)
+    # 255 of the 256 thresholds (p >= 1/255 ... p >= 1) give the mask exactly; p >= 0 takes all 16 pixels:
+    # Dice 2*4/(4+16) = 0.4, IoU 4/16.
+    assert scores["mean_dice"] == pytest.approx((255 + 0.4) / 256)
+    assert scores["mean_iou"] == pytest.approx((255 + 0.25) / 256)
+    # E-measure divides by (pixels - 1), as the MATLAB original: a perfect 4x4 map scores 16/15 (1 on large maps).
+    assert scores["max_em"] == pytest.approx(16 / 15)
+
+
+def test_literature_perfect_prediction_on_a_large_map():
+    truth = np.zeros((64, 64), dtype=bool)
+    truth[20:40, 10:30] = True
+    scores = _literature(truth.astype(float), truth)
+    assert scores["sm"] == pytest.approx(1.0)
+    assert scores["wfm"] == pytest.approx(1.0)
+    assert scores["max_em"] == pytest.approx(1.0, abs=1e-3)
+    assert scores["mae"] == 0.0
+
+
+def test_literature_over_segmentation_by_hand():
+    # Predicted: the top two rows (8 pixels), truth: the 2x2 block (rows 1-2, columns 1-2).
+    prediction = np.zeros((4, 4))
+    prediction[:2] = 1.0
+    scores = _literature(prediction, MASK_4X4)
+    # Wrong pixels: 6 predicted outside the mask (row 0 and row 1's ends), 2 mask pixels missed (row 2).
+    assert scores["mae"] == pytest.approx(8 / 16)
+    # p >= k/255, k >= 1: tp 2, fp 6, fn 2 -> Dice 4/12, IoU 2/10; p >= 0: Dice 0.4, IoU 0.25.
+    assert scores["mean_dice"] == pytest.approx((255 * 4 / 12 + 0.4) / 256)
+    assert scores["mean_iou"] == pytest.approx((255 * 2 / 10 + 0.25) / 256)
+
+
+def test_literature_all_zero_prediction_by_hand():
+    scores = _literature(np.zeros((4, 4)), MASK_4X4)
+    assert scores["mae"] == pytest.approx(4 / 16)
+    # Only p >= 0 predicts anything (everything): Dice 0.4; the other 255 thresholds predict nothing: 0.
+    assert scores["mean_dice"] == pytest.approx(0.4 / 256)
+    assert scores["mean_iou"] == pytest.approx(0.25 / 256)
+    # E-measure: a constant binary map has zero deviation from its mean, so every pixel's alignment is 0,
+    # enhanced (0 + 1)^2 / 4 = 1/4: 16 * 1/4 / (16 - 1) at every threshold.
+    assert scores["mean_em"] == pytest.approx(4 / 15)
+    assert scores["max_em"] == pytest.approx(4 / 15)
+    # S-measure = 0.5 * object + 0.5 * region. Object: polyp part 0, background part 1 weighted by its share
+    # 12/16. Region: split at the truth's centroid (row 3, column 3 after rounding, 1-based); the quadrant
+    # holding the polyp (9 pixels) scores 0, the three without polyp (3 + 3 + 1 pixels) score 1.
+    assert scores["sm"] == pytest.approx(0.5 * 12 / 16 + 0.5 * 7 / 16)
+
+
+def test_literature_all_zero_prediction_weighted_f_measure_is_zero():
+    # Away from the border (the 7x7 Gaussian pads with zeros), missing the whole polyp gives wFm 0.
+    truth = np.zeros((32, 32), dtype=bool)
+    truth[12:20, 12:20] = True
+    assert _literature(np.zeros((32, 32)), truth)["wfm"] == pytest.approx(0.0, abs=1e-9)
+    assert _literature(truth.astype(float), truth)["wfm"] == pytest.approx(1.0)
+
+
+def _confident_logits(polyp: torch.Tensor) -> torch.Tensor:
+    """Logits (B, 3, H, W) that call ``polyp`` pixels polyp and the others background, saturating softmax."""
+    logits = torch.full((polyp.shape[0], 3, *polyp.shape[1:]), -40.0)
+    logits[:, 0] = torch.where(polyp, -40.0, 40.0)
+    logits[:, 1] = torch.where(polyp, 40.0, -40.0)
+    return logits
+
+
+def test_segmentation_metrics_literature_keys_by_hand():
+    truth = torch.from_numpy(MASK_4X4)[None]
+    over = torch.zeros(1, 4, 4, dtype=torch.bool)
+    over[0, :2] = True
+    metric = SegmentationMetrics(literature=True)
+    metric.update(_confident_logits(truth), truth.long())  # perfect
+    metric.update(_confident_logits(over), truth.long())  # the over-segmentation above
+    scores = {key: float(value) for key, value in metric.compute().items()}
+    assert scores["lit_mae"] == pytest.approx((0 + 8 / 16) / 2, abs=1e-6)
+    perfect_dice, over_dice = (255 + 0.4) / 256, (255 * 4 / 12 + 0.4) / 256
+    assert scores["lit_mean_dice"] == pytest.approx((perfect_dice + over_dice) / 2, abs=1e-6)
+    assert scores["lit_mean_iou"] == pytest.approx(((255 + 0.25) / 256 + (255 * 0.2 + 0.25) / 256) / 2, abs=1e-6)
+    assert scores["lit_max_em"] <= 16 / 15 + 1e-6 and scores["lit_mean_em"] <= scores["lit_max_em"]
+    assert {"lit_wfm", "lit_sm"} <= set(scores)
+    assert metric.last_image_scores["lit_mae"].tolist() == pytest.approx([0.5])
+    # The PraNet-protocol mean Dice of polypseg and pysodmetrics' agree on the same maps.
+    assert scores["lit_mean_dice"] == pytest.approx(scores["polyp_mean_dice_pranet"], abs=1e-6)
+    metric.reset()
+    metric.update(_confident_logits(truth), truth.long())
+    assert float(metric.compute()["lit_mae"]) == 0.0
+
+
+def test_literature_mean_dice_matches_the_pranet_curve_on_soft_maps():
+    torch.manual_seed(0)
+    target = torch.zeros(3, 32, 32, dtype=torch.long)
+    target[:, 8:24, 6:20] = 1
+    logits = torch.randn(3, 3, 32, 32)
+    logits[:, 1, 8:24, 6:20] += 1.5
+    metric = SegmentationMetrics(literature=True)
+    metric.update(logits, target)
+    scores = metric.compute()
+    # Same 8-bit maps, same thresholds (pysodmetrics truncates k/255*255 where polypseg rounds: tiny gap).
+    assert float(scores["lit_mean_dice"]) == pytest.approx(float(scores["polyp_mean_dice_pranet"]), abs=2e-3)
+    for key in ("lit_wfm", "lit_sm", "lit_mean_em", "lit_max_em", "lit_mae"):
+        assert 0.0 < float(scores[key]) < 1.0, key
+
+
+def test_literature_measures_are_off_by_default_and_need_logits():
+    truth = torch.from_numpy(MASK_4X4)[None].long()
+    assert not any(key.startswith("lit_") for key in _compute(_confident_logits(truth.bool()), truth))
+    metric = SegmentationMetrics(literature=True)
+    metric.update(truth, truth)  # class maps carry no probability: no literature measures
+    assert not any(key.startswith("lit_") for key in metric.compute())

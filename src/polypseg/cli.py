@@ -119,10 +119,22 @@ def _train(args: argparse.Namespace) -> int:
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="score weights on a split of a dataset folder")
     parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="folder with images/ and masks/")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        default=None,
+        help=f"folder with images/ and masks/ (default: {DEFAULT_DATA}); repeat it to score several datasets in "
+        "one run: the Kvasir-SEG folder (the weights' training data) on --split, every other folder whole",
+    )
     parser.add_argument("--split", default="test", help="train, val, test or all (default: test)")
     parser.add_argument("--splits", type=Path, default=None, help="splits.json (default: the run's, or the seeded one)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for metrics.json and per_image.csv")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for metrics.json and per_image.csv (several --data: one subfolder each, and literature.csv)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--overwrite", action="store_true", help="replace existing reports in --out")
     parser.add_argument("--tta", action="store_true", help=TTA_HELP)
@@ -135,6 +147,10 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from polypseg.evaluation import format_table, run_evaluation
 
+    data = args.data or [Path(DEFAULT_DATA)]
+    if len(data) > 1:
+        return _evaluate_datasets(args, data)
+    args.data = data[0]
     if args.report:
         from polypseg.reports import EVALUATION_FIGURES, refuse_existing
 
@@ -186,6 +202,43 @@ def _number_between(low: float, high: float) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _evaluate_datasets(args: argparse.Namespace, data: list[Path]) -> int:
+    from polypseg.evaluation import LITERATURE_CSV, format_literature_table, run_evaluations
+
+    if args.report:
+        from polypseg.evaluation import dataset_names
+        from polypseg.reports import EVALUATION_FIGURES, refuse_existing
+
+        if args.out is None:
+            raise ValueError("--report needs --out (the folder for the figures)")
+        for name in dataset_names(data):
+            refuse_existing(args.out / name, EVALUATION_FIGURES, args.overwrite)
+    rows = run_evaluations(
+        args.weights,
+        data,
+        args.out,
+        split=args.split,
+        splits_file=args.splits,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        tta=args.tta,
+    )
+    for name, report in rows:
+        print(f"{name}: split {report.split}, {report.images} images ({report.split_source}), {report.data}")
+    tta = ", flip test-time augmentation" if args.tta else ""
+    print(f"polyp literature measures (probability map at the evaluation resolution{tta}):")
+    print(format_literature_table(rows))
+    if args.out is not None:
+        print(f"wrote {args.out / LITERATURE_CSV} and metrics.json, per_image.csv in {args.out}/<dataset>/")
+    if args.report:
+        from polypseg.reports import write_evaluation_figures
+
+        for name, report in rows:
+            for path in write_evaluation_figures(report, args.weights, report.data, args.out / name):
+                print(f"wrote {path}")
+    return 0
 
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:

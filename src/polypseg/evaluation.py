@@ -3,6 +3,13 @@
 Writes ``metrics.json`` (every dataset-level score, the split, the weights) and ``per_image.csv`` (one row
 per image). Scores are computed at the training resolution (images and masks resized as in training);
 see :mod:`polypseg.metrics` for the conventions, including how images with empty masks count.
+
+The polyp literature's measures (``lit_*``: mDice, mIoU, wFm, Sm, meanEm, maxEm, MAE, as in the PraNet
+and Polyp-PVT tables) are computed by `pysodmetrics` on the polyp probability map (softmax of polyp +
+boundary) at that same resolution, against the mask resized the same way (binarized at 128, nearest
+neighbour, to the square input size). PraNet's protocol instead upsamples each prediction to its mask's
+own size; the two differ slightly, mostly on thin borders. :func:`run_evaluations` scores several
+dataset folders in one run and writes the table of these measures with one row per dataset.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +26,19 @@ from typing import Any
 from polypseg.classes import CLASS_NAMES
 from polypseg.data import find_pairs, load_pairs, load_splits, make_splits
 from polypseg.io import atomic_write_text
+from polypseg.metrics import LITERATURE_COLUMNS
 from polypseg.training import EvaluationResult, evaluate
 from polypseg.weights import load_pretrained, read_model_config, resolve_weights
 
-__all__ = ["EvaluationReport", "format_table", "resolve_split", "run_evaluation"]
+__all__ = [
+    "EvaluationReport",
+    "dataset_names",
+    "format_literature_table",
+    "format_table",
+    "resolve_split",
+    "run_evaluation",
+    "run_evaluations",
+]
 
 
 @dataclass
@@ -33,9 +51,20 @@ class EvaluationReport:
     images: int
     detection_truth: str = "mask regions"
     tta: bool = False
+    data: str = ""
+    image_size: int = 256
+    #: Name of the dataset in tables (the folder's name).
+    dataset: str = ""
 
 
 BOXES_FILES = ("kavsir_bboxes.json", "bboxes.json")
+#: How ``metrics.json`` describes the ``lit_*`` measures' protocol.
+LITERATURE_PROTOCOL = (
+    "pysodmetrics on the polyp probability map (softmax polyp + boundary), min-max normalised to 8 bits, "
+    "at the evaluation resolution (masks resized to it); PraNet resizes predictions to each mask's size instead"
+)
+#: The table of :func:`run_evaluations`, written into its output folder.
+LITERATURE_CSV = "literature.csv"
 
 
 def read_truth_boxes(data_dir: str | Path, image_size: int) -> dict[str, list[tuple[int, int, int, int]]] | None:
@@ -135,6 +164,7 @@ def run_evaluation(
     result = evaluate(model, pairs, batch_size=batch_size, boundary_width_px=boundary, truth_boxes=boxes, tta=tta)
     detection_truth = "bounding-box file" if boxes is not None else "mask regions"
     report = EvaluationReport(result, split, source, len(names), detection_truth, tta)
+    report.data, report.image_size, report.dataset = str(data_dir), image_size, Path(data_dir).resolve().name
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {
@@ -148,6 +178,8 @@ def run_evaluation(
             "tta": tta,
             "metrics": {key: round(value, 6) for key, value in result.metrics.items()},
         }
+        if "lit_mean_dice" in result.metrics:
+            payload["literature_protocol"] = LITERATURE_PROTOCOL
         atomic_write_text(out_dir / "metrics.json", json.dumps(payload, indent=2) + "\n")
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(result.rows[0]))
@@ -188,4 +220,108 @@ def format_table(report: EvaluationReport) -> str:
         f"truth: {report.detection_truth})"
     )
     lines.append(f"loss {m['loss']:.4f}")
+    if "lit_mean_dice" in m:
+        lines.append(f"polyp literature measures (probability map at {report.image_size}x{report.image_size}):")
+        lines.append(format_literature_table([(report.dataset, report)]))
     return "\n".join(lines)
+
+
+def format_literature_table(rows: Sequence[tuple[str, EvaluationReport]]) -> str:
+    """The published polyp tables' columns (mDice, mIoU, wFm, Sm, meanEm, maxEm, MAE), one row per dataset."""
+    width = max([len("dataset"), *(len(name) for name, _ in rows)]) + 2
+    lines = [f"{'dataset':{width}}{'images':>7}" + "".join(f"{header:>8}" for header, _ in LITERATURE_COLUMNS)]
+    for name, report in rows:
+        m = report.result.metrics
+        cells = "".join(f"{m[key]:8.3f}" if key in m else f"{'n/a':>8}" for _, key in LITERATURE_COLUMNS)
+        lines.append(f"{name:{width}}{report.images:7d}{cells}")
+    return "\n".join(lines)
+
+
+def literature_csv(rows: Sequence[tuple[str, EvaluationReport]]) -> str:
+    """:func:`format_literature_table` as CSV, with each dataset's folder, split and image count."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["dataset", "data", "split", "images", "tta", *(header for header, _ in LITERATURE_COLUMNS)])
+    for name, report in rows:
+        m = report.result.metrics
+        writer.writerow(
+            [name, report.data, report.split, report.images, report.tta]
+            + [f"{m[key]:.4f}" if key in m else "" for _, key in LITERATURE_COLUMNS]
+        )
+    return buffer.getvalue()
+
+
+_KVASIR_SEG_NAME = re.compile(r"kvasir[-_ ]?seg", re.IGNORECASE)
+
+
+def is_training_dataset(data_dir: str | Path, weights: str | Path | None) -> bool:
+    """Whether ``data_dir`` is the dataset the weights were trained on, whose train/val/test split applies.
+
+    True for a folder named like Kvasir-SEG (``kvasir-seg``, ``Kvasir-SEG``, ``kvasir_seg``) or with the
+    folder name of the ``data_dir`` recorded in the weights' ``config.json``.
+    """
+    name = Path(data_dir).resolve().name
+    if _KVASIR_SEG_NAME.search(name):
+        return True
+    trained_on = read_model_config(weights).get("training", {}).get("config", {}).get("data_dir")
+    return bool(trained_on) and Path(str(trained_on)).name == name
+
+
+def dataset_names(data_dirs: Sequence[str | Path]) -> list[str]:
+    """A distinct subfolder name per dataset folder: its own name, numbered when two share it."""
+    names: list[str] = []
+    for data_dir in data_dirs:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data_dir).resolve().name) or "dataset"
+        name, number = base, 2
+        while name in names:
+            name, number = f"{base}-{number}", number + 1
+        names.append(name)
+    return names
+
+
+def run_evaluations(
+    weights: str | Path | None,
+    data_dirs: Sequence[str | Path],
+    out_dir: str | Path | None,
+    split: str = "test",
+    splits_file: str | Path | None = None,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    tta: bool = False,
+) -> list[tuple[str, EvaluationReport]]:
+    """Evaluate weights on several dataset folders; returns ``(name, report)`` per folder, in order.
+
+    The dataset the weights were trained on (:func:`is_training_dataset`) is scored on ``split`` (with
+    ``splits_file``, as :func:`run_evaluation`); every other folder is scored whole (``split="all"``).
+    With ``out_dir``, each dataset's ``metrics.json`` and ``per_image.csv`` go to ``out_dir/<name>/``
+    (``<name>``: the folder's name) and the table of the literature measures to ``out_dir/literature.csv``.
+    Existing reports are refused before anything is scored, unless ``overwrite``.
+    """
+    if not data_dirs:
+        raise ValueError("no dataset folder to evaluate")
+    names = dataset_names(data_dirs)
+    if out_dir is not None and not overwrite:
+        out_dir = Path(out_dir)
+        targets = [out_dir / LITERATURE_CSV]
+        targets += [out_dir / name / file for name in names for file in ("metrics.json", "per_image.csv")]
+        for path in targets:
+            if path.exists():
+                raise FileExistsError(f"{path}: exists; pass --overwrite to replace it")
+    rows = []
+    for name, data_dir in zip(names, data_dirs, strict=True):
+        training_data = is_training_dataset(data_dir, weights)
+        report = run_evaluation(
+            weights,
+            data_dir,
+            None if out_dir is None else Path(out_dir) / name,
+            split=split if training_data else "all",
+            splits_file=splits_file if training_data else None,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            tta=tta,
+        )
+        report.dataset = name
+        rows.append((name, report))
+    if out_dir is not None:
+        atomic_write_text(Path(out_dir) / LITERATURE_CSV, literature_csv(rows))
+    return rows

@@ -11,6 +11,15 @@ Conventions (also in the README):
   of each image is min-max normalised and quantised to 256 levels, binarized at the 256 thresholds
   0, 1/255, ..., 1 (``p >= t``), the Dice of each threshold is averaged over images, then over thresholds
   (``polyp_mean_dice_pranet``; the best threshold's mean is ``polyp_max_dice_pranet``).
+* **Literature table** (``SegmentationMetrics(literature=True)``, what ``polypseg evaluate`` reports): the
+  measures of the PraNet / Polyp-PVT tables, computed by `pysodmetrics` (``py_sod_metrics``, the Python
+  port of the MATLAB toolbox those papers use) on the same probability map, min-max normalised and
+  saved as 8 bits as PraNet's test script does: ``lit_mean_dice`` and ``lit_mean_iou`` (per image, mean
+  over the 256 thresholds, then over images), ``lit_wfm`` (weighted F-measure, beta 1), ``lit_sm``
+  (S-measure, alpha 0.5), ``lit_mean_em`` / ``lit_max_em`` (E-measure curve averaged over images, then
+  its mean / maximum over thresholds) and ``lit_mae``. The toolbox's conventions apply: an image whose
+  truth is empty scores 0 Dice/IoU/wFm at every threshold. Maps and masks are at the evaluation
+  resolution (see :mod:`polypseg.evaluation`), not resized back to each mask's own size as PraNet does.
 * **Polyp-level detection**: each connected predicted region (8-connectivity, at least
   ``min_region_fraction`` of the image) is a detection; its box is matched one-to-one, greedily by IoU,
   to the ground-truth boxes at box IoU >= 0.5. Recall = matched / ground-truth polyps, precision =
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,18 +44,30 @@ from torchmetrics.functional.classification import multiclass_stat_scores
 from polypseg.classes import CLASS_NAMES, classes_to_mask
 
 __all__ = [
+    "LITERATURE_COLUMNS",
     "PolypRegion",
     "SegmentationMetrics",
     "binary_image_scores",
     "box_iou",
     "class_counts",
     "find_polyps",
+    "literature_image_scores",
     "match_boxes",
     "ratio",
     "threshold_dice_curves",
 ]
 
 THRESHOLDS = 256
+#: Columns of the published polyp tables, in their order: (header, key of :class:`SegmentationMetrics`).
+LITERATURE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("mDice", "lit_mean_dice"),
+    ("mIoU", "lit_mean_iou"),
+    ("wFm", "lit_wfm"),
+    ("Sm", "lit_sm"),
+    ("meanEm", "lit_mean_em"),
+    ("maxEm", "lit_max_em"),
+    ("MAE", "lit_mae"),
+)
 Box = tuple[int, int, int, int]
 
 
@@ -120,6 +142,51 @@ def threshold_dice_curves(probability: torch.Tensor, true_mask: torch.Tensor) ->
     return torch.stack(curves)
 
 
+def to_8bit_map(probability: np.ndarray) -> np.ndarray:
+    """A probability map as PraNet's test script saves it: min-max normalised, then 8 bits (uint8).
+
+    ``(p - min) / (max - min + 1e-8)``, rounded to 0..255: a constant map becomes all 0.
+    """
+    probability = np.asarray(probability, dtype=np.float64)
+    low, high = probability.min(), probability.max()
+    return np.round((probability - low) / (high - low + 1e-8) * 255).clip(0, 255).astype(np.uint8)
+
+
+def literature_image_scores(probability: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """The literature measures of one image, by `pysodmetrics` (``py_sod_metrics``).
+
+    Args:
+        probability: (H, W) polyp probability (any range: it is min-max normalised, see :func:`to_8bit_map`).
+        truth: (H, W) boolean polyp mask.
+
+    Returns:
+        ``dice``, ``iou``, ``em``: (256,) float64 curves over the thresholds (pysodmetrics' order, from
+        ``>= 255`` down to ``>= 0``); ``wfm``, ``sm``, ``mae``: floats.
+    """
+    from py_sod_metrics import MAE, DICEHandler, Emeasure, FmeasureV2, IOUHandler, Smeasure, WeightedFmeasure
+
+    pred = to_8bit_map(probability)
+    gt = np.where(np.asarray(truth, dtype=bool), 255, 0).astype(np.uint8)
+    thresholded = FmeasureV2(
+        metric_handlers={
+            "dice": DICEHandler(with_dynamic=True, with_adaptive=False),
+            "iou": IOUHandler(with_dynamic=True, with_adaptive=False),
+        }
+    )
+    sm, em, wfm, mae = Smeasure(), Emeasure(), WeightedFmeasure(), MAE()
+    for measure in (thresholded, sm, em, wfm, mae):
+        measure.step(pred=pred, gt=gt)
+    curves = thresholded.get_results()
+    return {
+        "dice": np.asarray(curves["dice"]["dynamic"], dtype=np.float64),
+        "iou": np.asarray(curves["iou"]["dynamic"], dtype=np.float64),
+        "em": np.asarray(em.get_results()["em"]["curve"], dtype=np.float64),
+        "wfm": float(wfm.get_results()["wfm"]),
+        "sm": float(sm.get_results()["sm"]),
+        "mae": float(mae.get_results()["mae"]),
+    }
+
+
 def ratio(numerator: torch.Tensor, denominator: torch.Tensor, perfect: torch.Tensor) -> torch.Tensor:
     """``numerator / denominator``; where the denominator is 0, 1 if ``perfect`` else 0."""
     numerator, denominator = numerator.double(), denominator.double()
@@ -160,6 +227,8 @@ class SegmentationMetrics(Metric):
     ``compute()`` returns a flat dict: ``dice_<class>``, ``iou_<class>``, ``mean_dice`` (3-class, the
     card's figure), ``mean_iou``, ``polyp_dice`` / ``polyp_iou`` / ``polyp_precision`` / ``polyp_recall``
     (mean over images) and the same with a ``_dataset`` suffix (pooled over pixels), and ``images``.
+    With ``literature=True`` and logits, also the ``lit_*`` measures of the published polyp tables
+    (:data:`LITERATURE_COLUMNS`; tens of milliseconds per 256x256 image on a CPU, so off for validation).
 
     Example:
         >>> metric = SegmentationMetrics()
@@ -171,9 +240,14 @@ class SegmentationMetrics(Metric):
 
     full_state_update = False
 
-    def __init__(self, class_names: tuple[str, ...] = CLASS_NAMES, **kwargs: object) -> None:
+    def __init__(self, class_names: tuple[str, ...] = CLASS_NAMES, literature: bool = False, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.class_names = tuple(class_names)
+        self.literature = literature
+        # Literature measures: summed (dice, iou, E-measure) curves, per-image (wfm, sm, mae), image count.
+        self.add_state("lit_curves", default=torch.zeros(3, THRESHOLDS, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("lit_values", default=[], dist_reduce_fx="cat")
+        self.add_state("lit_images", default=torch.tensor(0), dist_reduce_fx="sum")
         num_classes = len(self.class_names)
         self.add_state("counts", default=torch.zeros(num_classes, 3, dtype=torch.long), dist_reduce_fx="sum")
         for name in ("dice", "iou", "precision", "recall"):
@@ -200,13 +274,15 @@ class SegmentationMetrics(Metric):
                 target mask's connected regions).
             min_region_fraction: Smallest predicted region counted as a detection, as a share of the image.
         """
-        pranet = None
+        pranet, literature = None, {}
         if pred.dim() == 4:
             polyp_probability = pred.float().softmax(dim=1)[:, 1:].sum(dim=1)
             curves = threshold_dice_curves(polyp_probability, classes_to_mask(target))
             self.curve_sum += curves.sum(0).to(self.curve_sum.device)
             self.curve_images += pred.shape[0]
             pranet = curves.mean(1)
+            if self.literature:
+                literature = self._update_literature(polyp_probability, classes_to_mask(target))
             pred = pred.argmax(dim=1)
         self.counts += class_counts(pred, target, len(self.class_names))
         scores = binary_image_scores(classes_to_mask(pred), classes_to_mask(target))
@@ -231,6 +307,27 @@ class SegmentationMetrics(Metric):
             "polyps_detected": detection_tensor[:, 1],
             "polyps_matched": detection_tensor[:, 2],
             **({"mean_dice_pranet": pranet} if pranet is not None else {}),
+            **literature,
+        }
+
+    def _update_literature(self, probability: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Add the literature measures of a batch; returns their per-image values (``lit_*``, (B,) each)."""
+        scores = [
+            literature_image_scores(p, t)
+            for p, t in zip(probability.detach().float().cpu().numpy(), truth.cpu().numpy(), strict=True)
+        ]
+        curves = torch.tensor(np.array([[s["dice"], s["iou"], s["em"]] for s in scores]), dtype=torch.float64)
+        values = torch.tensor([[s["wfm"], s["sm"], s["mae"]] for s in scores], dtype=torch.float64)
+        self.lit_curves += curves.sum(0).to(self.lit_curves.device)
+        self.lit_values.append(values.to(self.lit_curves.device))
+        self.lit_images += len(scores)
+        return {
+            "lit_mean_dice": curves[:, 0].mean(1),
+            "lit_mean_iou": curves[:, 1].mean(1),
+            "lit_wfm": values[:, 0],
+            "lit_sm": values[:, 1],
+            "lit_mean_em": curves[:, 2].mean(1),
+            "lit_mae": values[:, 2],
         }
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
@@ -260,6 +357,15 @@ class SegmentationMetrics(Metric):
             curve = self.curve_sum / self.curve_images
             result["polyp_mean_dice_pranet"] = curve.mean()
             result["polyp_max_dice_pranet"] = curve.max()
+        if int(self.lit_images) > 0:
+            lit_curves = self.lit_curves / self.lit_images
+            values = self.lit_values
+            values = torch.cat(values) if isinstance(values, list) else values
+            wfm, sm, mae = values.mean(0)
+            result["lit_mean_dice"], result["lit_mean_iou"] = lit_curves[0].mean(), lit_curves[1].mean()
+            result["lit_wfm"], result["lit_sm"] = wfm, sm
+            result["lit_mean_em"], result["lit_max_em"] = lit_curves[2].mean(), lit_curves[2].max()
+            result["lit_mae"] = mae
         truth_count, detections, matched = self.detection_counts
         result["detection_recall"] = ratio(matched, truth_count, detections == 0)
         result["detection_precision"] = ratio(matched, detections, truth_count == 0)

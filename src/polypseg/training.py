@@ -222,7 +222,7 @@ class SegmentationModule(L.LightningModule):
             else None
         )
         self.val_metrics = SegmentationMetrics()
-        self.test_metrics = SegmentationMetrics()
+        self.test_metrics = SegmentationMetrics(literature=True)
         self.test_rows: list[dict[str, Any]] = []
         self.test_names: list[str] = []
         #: Test with flip test-time augmentation: loss and every metric use the averaged prediction.
