@@ -359,6 +359,12 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("--url", default=None, help="archive URL (default: the official kvasir-seg.zip)")
     download.add_argument("--sha256", default=None, help="expected SHA-256 of the archive (default: not verified)")
     download.add_argument("--force", action="store_true", help="replace an existing DEST/kvasir-seg")
+    download.add_argument(
+        "--max-size-gb",
+        type=float,
+        default=2.0,
+        help="refuse an archive that unpacks to more than this many GiB (zip-bomb guard; default 2)",
+    )
     download.set_defaults(handler=_data_download)
 
 
@@ -366,7 +372,10 @@ def _data_download(args: argparse.Namespace) -> int:
     from polypseg.download import DATASETS, KVASIR_SEG_NOTICE, download_kvasir_seg
 
     url = args.url or DATASETS[args.dataset]
-    result = download_kvasir_seg(args.dest, url=url, sha256=args.sha256, force=args.force)
+    if not args.max_size_gb > 0:
+        raise ValueError(f"--max-size-gb must be positive, got {args.max_size_gb}")
+    limit = int(args.max_size_gb * (1 << 30))
+    result = download_kvasir_seg(args.dest, url=url, sha256=args.sha256, force=args.force, max_extracted_bytes=limit)
     print(f"{result.pairs} image/mask pairs in {result.path}")
     if not result.verified:
         print(f"note: not checksum-verified (pass --sha256 to verify); the archive's SHA-256 was {result.sha256}")
