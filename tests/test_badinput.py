@@ -430,3 +430,14 @@ def test_card_of_missing_weights_fails_in_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["card", "--weights", str(tmp_path / "empty")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recorded", [{"config": {"split_sizes": ["a", 1, 2]}}, {"config": {"seed": "x"}}, [1, 2]])
+def test_evaluate_names_config_json_with_bad_recorded_split(tiny_unet, synthetic_dataset, tmp_path, capsys, recorded):
+    folder = save_pretrained(tiny_unet, tmp_path / "weights", metadata={"input_size": [64, 64]})
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "training": recorded}))
+    data = synthetic_dataset()
+    assert main(["evaluate", "--weights", str(folder), "--data", str(data), "--split", "test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.json" in err and len(err.splitlines()) == 1, err

@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import polypseg
 from polypseg.cli import main
 from polypseg.io import atomic_write_folder, recover_folder, remove_stale_temporaries
 from polypseg.training import AtomicCheckpointIO, CheckpointError, load_checkpoint
@@ -47,12 +48,18 @@ log_every_n_steps: 1
 """
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment of a child process that imports the polypseg under test (also from another folder)."""
+    source = str(Path(polypseg.__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
+
+
 def run_cli(tmp_path: Path, *args: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
     """``polypseg ARGS`` in a fresh process, optionally killed (see tests/crash_runner.py)."""
     kill_args = [f"--kill-{kill[0]}", str(kill[1])] if kill else []
     command = [sys.executable, str(RUNNER), *kill_args, "--", *args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=subprocess_env())
 
 
 def metrics_rows(run: Path) -> list[dict[str, str]]:
@@ -346,3 +353,41 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch
         AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "epoch": 0}, path)
     assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
     assert not list(path.parent.iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_and_the_run_resumes(synthetic_dataset, tmp_path):
+    """Lightning catches SIGTERM and stopped with exit code 0; a terminated train must say so (143)."""
+    import time
+
+    data = synthetic_dataset(sizes=[(64, 64)] * 6, mask_suffix=".png")
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("epochs: 4", "epochs: 40"))
+    run = tmp_path / "run"
+    command = [sys.executable, str(RUNNER), "--", "train", "--config", "tiny.yaml", "--data", str(data)]
+    process = subprocess.Popen(
+        [*command, "--out", str(run), "--split-sizes", "4,2,0"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 900  # generous: a busy machine starts torch slowly
+        while not (run / "metrics.csv").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (run / "metrics.csv").exists(), "no epoch finished in time"
+        assert process.poll() is None, "training ended before it could be terminated"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM)" in err
+    completed = load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] + 1
+    assert [int(row["epoch"]) for row in metrics_rows(run)] == list(range(completed))  # no half epoch
+    assert completed < 40
+
+    done = run_cli(tmp_path, "train", "--out", "run", "--resume", "--epochs", str(completed + 1))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [int(row["epoch"]) for row in metrics_rows(run)] == list(range(completed + 1))
