@@ -349,9 +349,17 @@ def test_a_lightning_checkpoint_is_not_accepted_as_weights(tmp_path):
 @pytest.mark.parametrize(
     "content, match",
     [
-        (b'{"base_channels": "16"}', "'base_channels' must be a positive integer"),
-        (b'{"base_channels": true}', "'base_channels' must be a positive integer"),
-        (b'{"num_classes": -3}', "'num_classes' must be a positive integer"),
+        (b'{"base_channels": "16"}', "'base_channels' must be an integer from 2 to 256"),
+        (b'{"base_channels": true}', "'base_channels' must be an integer"),
+        (b'{"num_classes": -3}', "'num_classes' must be an integer from 1"),
+        # Hostile sizes: bounded before anything is built or computed (a huge boundary width spun for minutes).
+        (b'{"boundary_width_px": 1000000000}', "'boundary_width_px' must be an integer from 0 to 64"),
+        (b'{"base_channels": 400}', "'base_channels' must be an integer from 2 to 256"),
+        (b'{"base_channels": 7}', "'base_channels' must be even"),
+        (b'{"head_kernel_size": 4}', "'head_kernel_size' must be odd"),
+        (b'{"head_kernel_size": 99}', "'head_kernel_size' must be an integer from 1 to 7"),
+        (b'{"input_size": [4096, 4096]}', "'input_size' must be .* from 16 to 2048"),
+        (b'{"input_size": [65536, 65536]}', "'input_size' must be"),
         (b'{"input_size": [250, 256]}', "'input_size' must be"),
         (b'{"input_size": "256"}', "'input_size' must be"),
         (b'{"boundary_width_px": -1}', "'boundary_width_px' must be"),
@@ -378,3 +386,59 @@ def test_cli_reports_bad_weights_in_one_line(tiny_unet, tmp_path, capsys, write_
     assert main(["predict", "--weights", str(folder), str(image), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "config.json" in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_with_a_huge_boundary_width_fails_at_once(tiny_unet, synthetic_dataset, tmp_path, capsys):
+    """A boundary width of 10**9 px in config.json once spun in max_pool2d for more than ten minutes."""
+    folder = save_pretrained(tiny_unet, tmp_path / "weights", metadata={"input_size": [64, 64]})
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "boundary_width_px": 1_000_000_000}))
+    data = synthetic_dataset()
+    assert main(["evaluate", "--weights", str(folder), "--data", str(data), "--split", "all"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.json" in err and "boundary_width_px" in err and len(err.splitlines()) == 1, err
+
+
+def test_tensor_shapes_are_checked_before_the_model_is_built(tiny_unet, tmp_path, monkeypatch):
+    """config.json says width 256 (a 2 GB model) next to width-8 tensors: refused from the file's header."""
+    from polypseg import weights as weights_module
+
+    folder = save_pretrained(tiny_unet, tmp_path / "weights")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "base_channels": 256}))
+    built: list[tuple[int, str]] = []
+    real_unet = weights_module.UNet
+
+    def recording_unet(*args, **kwargs):  # type: ignore[no-untyped-def]
+        model = real_unet(*args, **kwargs)
+        built.append((model.base_channels, next(model.parameters()).device.type))
+        return model
+
+    monkeypatch.setattr(weights_module, "UNet", recording_unet)
+    with pytest.raises(WeightsError, match=r"tensor '.*' has shape .*config\.json needs") as caught:
+        load_pretrained(folder)
+    assert "model.safetensors" in str(caught.value) and "\n" not in str(caught.value)
+    assert all(device == "meta" for _, device in built), built  # nothing real of width 256 was allocated
+
+
+def test_card_of_missing_weights_fails_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "nonexistent" / "x.safetensors"
+    assert main(["card", "--weights", str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert str(missing) in err and "not found" in err and len(err.splitlines()) == 1, err
+    (tmp_path / "empty").mkdir()
+    assert main(["card", "--weights", str(tmp_path / "empty")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recorded", [{"config": {"split_sizes": ["a", 1, 2]}}, {"config": {"seed": "x"}}, [1, 2]])
+def test_evaluate_names_config_json_with_bad_recorded_split(tiny_unet, synthetic_dataset, tmp_path, capsys, recorded):
+    folder = save_pretrained(tiny_unet, tmp_path / "weights", metadata={"input_size": [64, 64]})
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "training": recorded}))
+    data = synthetic_dataset()
+    assert main(["evaluate", "--weights", str(folder), "--data", str(data), "--split", "test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.json" in err and len(err.splitlines()) == 1, err

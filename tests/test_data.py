@@ -149,12 +149,28 @@ def test_save_and_load_splits_round_trip(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["splits.json"]
 
 
-@pytest.mark.parametrize("content", ["not json", json.dumps({"train": [], "val": []}), json.dumps([1, 2, 3])])
-def test_load_splits_rejects_bad_files(tmp_path, content):
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"not json", "cannot read splits"),
+        (json.dumps({"train": [], "val": []}).encode(), "lists of names"),
+        (json.dumps([1, 2, 3]).encode(), "lists of names"),
+        (b'{"train": ["\xff\xfe"], "val": [], "test": []}', "cannot read splits"),  # not UTF-8
+        (json.dumps({"train": ["a", "b", "c"], "val": ["b", "c"], "test": ["c"]}).encode(), "overlap: 2 names"),
+        (json.dumps({"train": ["a", "b", "a"], "val": ["c"], "test": []}).encode(), "1 names appear twice"),
+    ],
+)
+def test_load_splits_rejects_bad_files(tmp_path, content, match):
     path = tmp_path / "splits.json"
-    path.write_text(content)
-    with pytest.raises(ValueError, match="splits.json"):
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as caught:
         load_splits(path)
+    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+def test_parse_split_sizes_names_the_problem():
+    with pytest.raises(ValueError, match="three numbers .*'a,b,c'"):
+        parse_split_sizes("a,b,c")
 
 
 # --- loading ----------------------------------------------------------------------------------------

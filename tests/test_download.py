@@ -294,3 +294,56 @@ def test_cli_download_404(archive_server, tmp_path, capsys):
     assert main(["data", "download", "kvasir-seg", "--dest", str(tmp_path), "--url", url]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "404" in err
+
+
+# --- zip bombs and what killed runs leave behind ------------------------------------------------------
+
+
+def test_zip_bomb_is_refused_from_the_directory(tmp_path):
+    data = io.BytesIO(make_zip())
+    with zipfile.ZipFile(data, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("Kvasir-SEG/images/zeros.bin", b"\0" * (4 << 20))  # 4 MiB in ~4 KB: 1000:1
+    server = ArchiveServer(data.getvalue())
+    dest = tmp_path / "datasets"
+    try:
+        with pytest.raises(ValueError, match=r"zeros.bin.*compressed \d+:1.*zip bomb.*nothing was extracted"):
+            download_kvasir_seg(dest, url=server.url, progress=False)
+    finally:
+        server.close()
+    assert list(dest.iterdir()) == []
+
+
+def test_total_unpacked_size_is_capped(archive_server, tmp_path, capsys):
+    dest = tmp_path / "datasets"
+    with pytest.raises(ValueError, match="more than the limit of 1,000 bytes.*nothing was extracted"):
+        download_kvasir_seg(dest, url=archive_server.url, progress=False, max_extracted_bytes=1000)
+    assert list(dest.iterdir()) == []
+    args = ["data", "download", "kvasir-seg", "--dest", str(dest), "--url", archive_server.url]
+    assert main([*args, "--max-size-gb", "0.000001"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "zip bomb" in err, err
+    assert main(args) == 0  # the default limit is far above Kvasir-SEG's size
+
+
+def test_stale_staging_folders_are_removed_by_the_next_run(archive_server, tmp_path):
+    import os
+
+    dest = tmp_path / "datasets"
+    dead, legacy, alive = (
+        dest / ".kvasir-seg.extract-999999999-abc",
+        dest / ".kvasir-seg.extract-xyz",
+        dest / f".kvasir-seg.extract-{os.getppid()}-def",
+    )
+    for folder in (dead, legacy, alive):
+        (folder / "Kvasir-SEG" / "images").mkdir(parents=True)
+        (folder / "Kvasir-SEG" / "images" / "half.jpg").write_bytes(b"\xff\xd8")
+    result = download_kvasir_seg(dest, url=archive_server.url, progress=False)
+    assert result.pairs == 3
+    assert not dead.exists() and not legacy.exists() and alive.exists()  # a running process keeps its folder
+
+    # Killed between moving the old dataset aside and renaming the new one in: the old one comes back.
+    (dest / "kvasir-seg").rename(dest / ".kvasir-seg.old-999999999")
+    with pytest.raises(FileExistsError, match="--force"):
+        download_kvasir_seg(dest, url=archive_server.url, progress=False)
+    assert len(find_pairs(dest / "kvasir-seg")) == 3
+    assert not (dest / ".kvasir-seg.old-999999999").exists()

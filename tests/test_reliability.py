@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import polypseg
 from polypseg.cli import main
 from polypseg.io import atomic_write_folder, recover_folder, remove_stale_temporaries
 from polypseg.training import AtomicCheckpointIO, CheckpointError, load_checkpoint
@@ -47,12 +48,18 @@ log_every_n_steps: 1
 """
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment of a child process that imports the polypseg under test (also from another folder)."""
+    source = str(Path(polypseg.__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
+
+
 def run_cli(tmp_path: Path, *args: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
     """``polypseg ARGS`` in a fresh process, optionally killed (see tests/crash_runner.py)."""
     kill_args = [f"--kill-{kill[0]}", str(kill[1])] if kill else []
     command = [sys.executable, str(RUNNER), *kill_args, "--", *args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=subprocess_env())
 
 
 def metrics_rows(run: Path) -> list[dict[str, str]]:
@@ -242,3 +249,146 @@ def test_remove_stale_temporaries_only_removes_ours(tmp_path):
     removed = remove_stale_temporaries(tmp_path)
     assert [p.name for p in removed] == [".polypseg-tmp-0123456789abcdef.last.ckpt.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.abc123.tmp", "last.ckpt", "notes.tmp"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile resumes and setups: refused in one line, before anything is written
+
+
+def _cli_error(capsys, *args: str) -> str:
+    capsys.readouterr()
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_failed_resume_leaves_the_run_as_it_was(synthetic_dataset, tmp_path, capsys):
+    run = _one_epoch_run(synthetic_dataset, tmp_path)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    before = _snapshot(run)
+    # Fewer epochs than the run has completed (Lightning raised, after config.yaml was rewritten).
+    err = _cli_error(capsys, "train", "--out", str(run), "--resume", "--epochs", "1")
+    assert "last.ckpt" in err and "completed 2 epochs" in err, err
+    # A dataset folder without the run's images.
+    other = synthetic_dataset(sizes=[(64, 64)] * 3, name="other", seed=1, mask_suffix=".png")
+    (other / "images" / "sample_000.jpg").rename(other / "images" / "elsewhere_000.jpg")
+    (other / "masks" / "sample_000.png").rename(other / "masks" / "elsewhere_000.png")
+    err = _cli_error(capsys, "train", "--out", str(run), "--resume", "--data", str(other))
+    assert "splits.json" in err and "not in" in err, err
+    assert _snapshot(run) == before
+    # The run still resumes with its own settings (nothing left to do: both epochs are done).
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert [row["epoch"] for row in metrics_rows(run)] == ["0", "1"]
+
+
+def test_resume_refuses_settings_other_than_its_length(synthetic_dataset, tmp_path, capsys):
+    run = _one_epoch_run(synthetic_dataset, tmp_path)
+    before = _snapshot(run)
+    for option, value in [("--lr", "0.5"), ("--base-channels", "8"), ("--seed", "7"), ("--split-sizes", "3,3,0")]:
+        err = _cli_error(capsys, "train", "--out", str(run), "--resume", option, value)
+        assert "config.yaml" in err and "only --epochs and --time-budget may change" in err, err
+    assert _snapshot(run) == before
+
+
+def test_checkpoint_of_another_run_is_refused(synthetic_dataset, tmp_path, capsys):
+    run = _one_epoch_run(synthetic_dataset, tmp_path)
+    data = synthetic_dataset(sizes=[(64, 64)] * 6, mask_suffix=".png")
+    other = tmp_path / "other"
+    args = ["--config", str(tmp_path / "tiny.yaml"), "--data", str(data), "--out", str(other), "--split-sizes", "4,2,0"]
+    assert main(["train", *args]) == 0
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes((other / "checkpoints" / "last.ckpt").read_bytes())
+    before = _snapshot(run)
+    err = _cli_error(capsys, "train", "--out", str(run), "--resume", "--epochs", "2")
+    assert str(last) in err and "another run" in err, err
+    assert _snapshot(run) == before
+
+
+def test_hand_edited_width_in_config_yaml_is_named(synthetic_dataset, tmp_path, capsys):
+    run = _one_epoch_run(synthetic_dataset, tmp_path)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("base_channels: 4", "base_channels: 8"))
+    err = _cli_error(capsys, "train", "--out", str(run), "--resume", "--epochs", "2")
+    assert str(config) in err and "base_channels" in err, err
+    config.write_text(config.read_text().replace("epochs: 1", "epochs: -5"))
+    err = _cli_error(capsys, "train", "--out", str(run), "--resume")
+    assert str(config) in err and "epochs must be" in err, err
+
+
+def test_failed_setup_writes_nothing_and_the_retry_works(synthetic_dataset, tiny_unet, tmp_path, capsys):
+    from polypseg.weights import save_pretrained
+
+    data = synthetic_dataset(sizes=[(64, 64)] * 6, mask_suffix=".png")
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("epochs: 4", "epochs: 1"))
+    run = tmp_path / "run"
+    args = ["train", "--config", str(tmp_path / "tiny.yaml"), "--data", str(data), "--out", str(run)]
+    width8 = save_pretrained(tiny_unet, tmp_path / "width8")
+    err = _cli_error(capsys, *args, "--split-sizes", "4,2,0", "--init-weights", str(width8))
+    assert "base_channels=8" in err, err
+    splits = tmp_path / "splits.json"
+    splits.write_text('{"train": ["sample_000", "nothing"], "val": ["sample_001"], "test": []}')
+    err = _cli_error(capsys, *args, "--splits", str(splits))
+    assert str(splits) in err and "1 names of the split are not in" in err, err
+    assert not run.exists() or not any(run.iterdir())
+    assert main([*args, "--split-sizes", "4,2,0"]) == 0
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+
+    def failing_save(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . basic_ios::clear: iostream error")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9, 0))
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "epoch": 0}, path)
+    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+    assert not list(path.parent.iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_and_the_run_resumes(synthetic_dataset, tmp_path):
+    """Lightning catches SIGTERM and stopped with exit code 0; a terminated train must say so (143)."""
+    import time
+
+    data = synthetic_dataset(sizes=[(64, 64)] * 6, mask_suffix=".png")
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG.replace("epochs: 4", "epochs: 40"))
+    run = tmp_path / "run"
+    command = [sys.executable, str(RUNNER), "--", "train", "--config", "tiny.yaml", "--data", str(data)]
+    process = subprocess.Popen(
+        [*command, "--out", str(run), "--split-sizes", "4,2,0"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 900  # generous: a busy machine starts torch slowly
+        while not (run / "metrics.csv").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (run / "metrics.csv").exists(), "no epoch finished in time"
+        assert process.poll() is None, "training ended before it could be terminated"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM)" in err
+    completed = load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] + 1
+    assert [int(row["epoch"]) for row in metrics_rows(run)] == list(range(completed))  # no half epoch
+    assert completed < 40
+
+    done = run_cli(tmp_path, "train", "--out", "run", "--resume", "--epochs", str(completed + 1))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [int(row["epoch"]) for row in metrics_rows(run)] == list(range(completed + 1))

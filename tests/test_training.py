@@ -135,7 +135,7 @@ def test_configs_in_the_repository_load():
     seed = load_config(REPO_ROOT / "configs" / "seed.yaml")
     assert (seed.base_channels, seed.lr, seed.batch_size, seed.epochs) == (64, 1e-4, 8, 20)
     assert (seed.scheduler, seed.plateau_factor, seed.plateau_patience, seed.min_lr) == ("plateau", 0.5, 3, 1e-6)
-    assert seed.split_sizes == [800, 100, 100] and not seed.augment and seed.monitor == "val_dice"
+    assert seed.split_sizes == [800, 100, 100] and seed.augment == "none" and seed.monitor == "val_dice"
 
 
 def test_unknown_config_key_is_rejected(tmp_path):
@@ -143,6 +143,41 @@ def test_unknown_config_key_is_rejected(tmp_path):
     path.write_text("epochs: 3\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match="learning_rate"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "line, named",
+    [
+        ("epochs: -5", "epochs must be an integer from 1"),
+        ("epochs: ten", "epochs must be an integer"),
+        ("batch_size: 0", "batch_size must be an integer from 1"),
+        ("lr: 0", "lr must be a positive number"),
+        ("lr: fast", "lr must be a number"),
+        ("base_channels: 7", "base_channels must be even"),
+        ("base_channels: 400", "base_channels must be an integer from 2 to 256"),
+        ("head_kernel_size: 4", "head_kernel_size must be odd"),
+        ("image_size: 0", "image_size must be an integer from 16 to 2048"),
+        ("image_size: 65536", "image_size must be an integer from 16 to 2048"),
+        ("image_size: 100", "image_size must be a multiple of 16"),
+        ("boundary_width_px: 1000000000", "boundary_width_px must be an integer from 0 to 64"),
+        ("split_sizes: [a, 1, 2]", "split_sizes must be 3 non-negative numbers"),
+        ("split_sizes: [8, -1, 2]", "split_sizes must be 3 non-negative numbers"),
+    ],
+)
+def test_config_numbers_are_bounded_and_the_file_is_named(tmp_path, line, named):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"{line}\n")
+    with pytest.raises(ValueError, match=named) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+def test_config_yaml_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"epochs: 3\nmonitor: \xff\xfe\n")
+    with pytest.raises(ValueError, match="cannot read config") as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: ")
 
 
 @pytest.mark.slow

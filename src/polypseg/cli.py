@@ -73,12 +73,15 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from polypseg.config import TrainConfig, load_config, parse_duration
-    from polypseg.data import parse_split_sizes
+    from polypseg.config import TrainConfig, load_config, parse_duration, resume_conflicts
+    from polypseg.data import load_splits, parse_split_sizes
     from polypseg.training import train
 
-    if args.resume and args.config is None and (args.out / "config.yaml").is_file():
-        config = load_config(args.out / "config.yaml")  # the run's own: only --epochs may change on resume
+    saved = None
+    if args.resume and (args.out / "config.yaml").is_file():
+        saved = load_config(args.out / "config.yaml")  # the run's own: only --epochs may change on resume
+    if saved is not None and args.config is None:
+        config = saved
     else:
         config = load_config(args.config) if args.config else TrainConfig()
     devices = args.devices
@@ -103,6 +106,16 @@ def _train(args: argparse.Namespace) -> int:
         augment=args.augment,
         ema_decay=args.ema_decay,
     )
+    if saved is not None:
+        # Settings given on resume that differ from the run's own would be ignored: refuse them instead.
+        conflicts = resume_conflicts(saved, config)
+        if args.splits is not None and load_splits(args.splits) != load_splits(args.out / "splits.json"):
+            conflicts.append(f"--splits {args.splits} (the run's: {args.out / 'splits.json'})")
+        if conflicts:
+            raise ValueError(
+                f"{args.out / 'config.yaml'}: --resume continues the run with its own settings and only --epochs "
+                f"and --time-budget may change; given: {'; '.join(conflicts)}"
+            )
     data = args.data if args.data is not None or args.resume else Path(DEFAULT_DATA)
     result = train(config, data, args.out, resume=args.resume, splits_file=args.splits, max_steps=args.max_steps)
     if not result.is_global_zero:
@@ -466,6 +479,12 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("--url", default=None, help="archive URL (default: the official kvasir-seg.zip)")
     download.add_argument("--sha256", default=None, help="expected SHA-256 of the archive (default: not verified)")
     download.add_argument("--force", action="store_true", help="replace an existing DEST/kvasir-seg")
+    download.add_argument(
+        "--max-size-gb",
+        type=float,
+        default=2.0,
+        help="refuse an archive that unpacks to more than this many GiB (zip-bomb guard; default 2)",
+    )
     download.set_defaults(handler=_data_download)
 
 
@@ -473,7 +492,10 @@ def _data_download(args: argparse.Namespace) -> int:
     from polypseg.download import DATASETS, KVASIR_SEG_NOTICE, download_kvasir_seg
 
     url = args.url or DATASETS[args.dataset]
-    result = download_kvasir_seg(args.dest, url=url, sha256=args.sha256, force=args.force)
+    if not args.max_size_gb > 0:
+        raise ValueError(f"--max-size-gb must be positive, got {args.max_size_gb}")
+    limit = int(args.max_size_gb * (1 << 30))
+    result = download_kvasir_seg(args.dest, url=url, sha256=args.sha256, force=args.force, max_extracted_bytes=limit)
     print(f"{result.pairs} image/mask pairs in {result.path}")
     if not result.verified:
         print(f"note: not checksum-verified (pass --sha256 to verify); the archive's SHA-256 was {result.sha256}")
@@ -561,6 +583,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as error:  # ImportError: an optional extra is not installed
         print(f"polypseg {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:
+        if not _is_sigterm(exit_):
+            raise
+        # Lightning stops train/evaluate on SIGTERM by raising SystemExit(None), which would exit 0. A run
+        # stops between batches: its last completed epoch's checkpoint stands and --resume continues from it.
+        print(f"polypseg {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return SIGTERM_EXIT_CODE
+
+
+#: The exit code of a command stopped by SIGTERM (128 + 15, as a shell reports a process killed by it).
+SIGTERM_EXIT_CODE = 128 + 15
+
+
+def _is_sigterm(exit_: SystemExit) -> bool:
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(exit_, exceptions.SIGTERMException)
 
 
 if __name__ == "__main__":

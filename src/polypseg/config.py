@@ -17,7 +17,16 @@ import yaml
 
 from polypseg.io import atomic_write_text
 
-__all__ = ["AUGMENTATIONS", "SCHEDULERS", "TrainConfig", "load_config", "parse_duration", "save_config"]
+__all__ = [
+    "AUGMENTATIONS",
+    "RESUMABLE",
+    "SCHEDULERS",
+    "TrainConfig",
+    "load_config",
+    "parse_duration",
+    "resume_conflicts",
+    "save_config",
+]
 
 #: Augmentation presets (:func:`polypseg.data.build_augmentation`); ``True``/``False`` in old configs mean
 #: ``"strong"``/``"none"``.
@@ -25,6 +34,34 @@ AUGMENTATIONS = ("none", "light", "robust", "strong")
 #: Learning-rate schedules: the card's plateau, cosine over epochs, and one-cycle over the run's progress.
 SCHEDULERS = ("plateau", "cosine", "onecycle")
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+#: Bounds of the numbers a config may hold (a hostile or mistyped file must not build a huge model).
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 4096
+MAX_BASE_CHANNELS = 256
+MAX_HEAD_KERNEL_SIZE = 7
+MAX_IMAGE_SIZE = 2048
+MAX_BOUNDARY_WIDTH_PX = 64
+_FLOAT_FIELDS = ("lr", "weight_decay", "min_lr", "ce_weight", "dice_weight", "plateau_factor", "warmup_fraction")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int) -> None:
+    if not _is_int(value) or not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be an integer from {minimum} to {maximum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, positive: bool = False) -> None:
+    if not _is_number(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -98,8 +135,17 @@ class TrainConfig:
     num_workers: int = 0  # the data are cached tensors; workers rarely pay off
     deterministic: bool = False
     log_every_n_steps: int = 10
+    # Identity: set by train() for every new run; resume refuses a checkpoint that carries another run's id
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
+        for name in _FLOAT_FIELDS:  # YAML reads 1e-4 (no dot) as a string
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, float(value))
+                except ValueError:
+                    raise ValueError(f"{name} must be a number, got {value!r}") from None
         if isinstance(self.augment, bool):
             self.augment = "strong" if self.augment else "none"
         if self.augment not in AUGMENTATIONS:
@@ -108,21 +154,55 @@ class TrainConfig:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        # Numbers are bounded: a hand-edited or hostile config must not build a huge model or run for ever.
+        _check_int("epochs", self.epochs, 1, MAX_EPOCHS)
+        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _check_int("base_channels", self.base_channels, 2, MAX_BASE_CHANNELS)
+        if self.base_channels % 2:
+            raise ValueError(f"base_channels must be even, got {self.base_channels}")
+        _check_int("head_kernel_size", self.head_kernel_size, 1, MAX_HEAD_KERNEL_SIZE)
+        if self.head_kernel_size % 2 != 1:
+            raise ValueError(f"head_kernel_size must be odd (1, 3, 5 or 7), got {self.head_kernel_size}")
+        _check_int("image_size", self.image_size, 16, MAX_IMAGE_SIZE)
+        if self.image_size % 16:
+            raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
+        _check_int("boundary_width_px", self.boundary_width_px, 0, MAX_BOUNDARY_WIDTH_PX)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        if self.max_images is not None:
+            _check_int("max_images", self.max_images, 1, 10**9)
+        for name in ("plateau_patience", "warmup_epochs", "num_workers"):
+            _check_int(name, getattr(self, name), 0, 10**6)
+        _check_int("log_every_n_steps", self.log_every_n_steps, 1, 10**9)
+        _check_int("num_nodes", self.num_nodes, 1, 10**6)
+        _check_number("lr", self.lr, positive=True)
+        for name in ("weight_decay", "min_lr", "ce_weight", "dice_weight"):
+            _check_number(name, getattr(self, name))
+        _check_number("plateau_factor", self.plateau_factor)
+        if not 0.0 < self.plateau_factor < 1.0:
+            raise ValueError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor!r}")
         if self.time_budget is not None:
             self.time_budget = parse_duration(self.time_budget)
-        if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
-            raise ValueError(f"ema_decay must be between 0 and 1 (e.g. 0.99), got {self.ema_decay!r}")
-        if not 0.0 <= float(self.warmup_fraction) < 1.0:
+        if self.ema_decay is not None:
+            if isinstance(self.ema_decay, str):
+                raise ValueError(f"ema_decay must be a number between 0 and 1 (e.g. 0.99), got {self.ema_decay!r}")
+            _check_number("ema_decay", self.ema_decay)
+            if not 0.0 < self.ema_decay < 1.0:
+                raise ValueError(f"ema_decay must be between 0 and 1 (e.g. 0.99), got {self.ema_decay!r}")
+        _check_number("warmup_fraction", self.warmup_fraction)
+        if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        if self.train_sizes is not None and not isinstance(self.train_sizes, list):
+            raise ValueError(f"train_sizes must be a list of sizes, got {self.train_sizes!r}")
         for name, size in [("crop_size", self.crop_size), *(("train_sizes", s) for s in self.train_sizes or [])]:
-            if size is not None and (not isinstance(size, int) or size < 16 or size % 16 or size > self.image_size):
+            if size is not None and (not _is_int(size) or size < 16 or size % 16 or size > self.image_size):
                 raise ValueError(
                     f"{name}: {size!r} must be a multiple of 16 between 16 and image_size ({self.image_size})"
                 )
-        if len(self.split_sizes) != 3:
-            raise ValueError(f"split_sizes needs 3 values (train, val, test), got {self.split_sizes}")
-        if self.image_size % 16:
-            raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
+        sizes = self.split_sizes
+        if not isinstance(sizes, (list, tuple)) or len(sizes) != 3:
+            raise ValueError(f"split_sizes needs 3 values (train, val, test), got {sizes!r}")
+        if not all(_is_number(v) and v >= 0 for v in sizes):
+            raise ValueError(f"split_sizes must be 3 non-negative numbers (counts or fractions), got {sizes!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (YAML / JSON friendly)."""
@@ -146,15 +226,33 @@ def load_config(path: str | Path) -> TrainConfig:
     """Read a YAML config file; missing keys take the card's defaults."""
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read config: {error}") from None
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8
+        raise ValueError(f"{path}: cannot read config: {' '.join(str(error).split())}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config must be a mapping of keys to values")
     try:
         return TrainConfig.from_dict(values)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+#: The settings a resumed run may change; everything else is the run's own.
+RESUMABLE = ("epochs", "time_budget")
+
+
+def resume_conflicts(saved: TrainConfig, given: TrainConfig) -> list[str]:
+    """``key=given`` for every setting of ``given`` that differs from the run's ``saved`` one.
+
+    Only :data:`RESUMABLE` settings may change on resume; ``data_dir`` (checked against the run's split
+    when the data are read) and ``run_id`` are not compared.
+    """
+    ignored = {*RESUMABLE, "data_dir", "run_id"}
+    return [
+        f"{f.name}={getattr(given, f.name)!r} (the run's: {getattr(saved, f.name)!r})"
+        for f in fields(TrainConfig)
+        if f.name not in ignored and getattr(given, f.name) != getattr(saved, f.name)
+    ]
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

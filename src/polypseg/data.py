@@ -9,7 +9,9 @@ once and kept in memory as uint8 tensors, so an epoch never decodes a JPEG again
 from __future__ import annotations
 
 import json
+import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -95,8 +97,11 @@ def find_pairs(data_dir: str | Path) -> list[Sample]:
 
 def parse_split_sizes(text: str | Sequence[float]) -> list[float]:
     """Parse ``"800,100,100"`` or ``"0.8,0.1,0.1"`` (or a sequence) into three split sizes."""
-    values = [float(v) for v in text.split(",")] if isinstance(text, str) else [float(v) for v in text]
-    if len(values) != 3 or any(v < 0 for v in values):
+    try:
+        values = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except (TypeError, ValueError):
+        raise ValueError(f"split sizes need three numbers (train,val,test), got {text!r}") from None
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values):
         raise ValueError(f"split sizes need three non-negative values (train,val,test), got {text!r}")
     return values
 
@@ -135,15 +140,38 @@ def save_splits(splits: dict[str, list[str]], path: str | Path) -> None:
 
 
 def load_splits(path: str | Path) -> dict[str, list[str]]:
-    """Read a ``splits.json`` written by :func:`save_splits`."""
+    """Read a ``splits.json`` written by :func:`save_splits`.
+
+    Raises:
+        ValueError: Naming the file: unreadable, not UTF-8 JSON, not three lists of names, or a name
+            that appears twice (in one split or in two: train, val and test must not overlap).
+    """
     path = Path(path)
     try:
-        splits = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read splits ({error})") from None
+        splits = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8
+        raise ValueError(f"{path}: cannot read splits ({' '.join(str(error).split())[:200]})") from None
     if not isinstance(splits, dict) or not all(isinstance(splits.get(k), list) for k in SPLIT_NAMES):
         raise ValueError(f"{path}: splits must map 'train', 'val' and 'test' to lists of names")
-    return {key: [str(name) for name in splits[key]] for key in SPLIT_NAMES}
+    result = {key: [str(name) for name in splits[key]] for key in SPLIT_NAMES}
+    repeated = sorted(name for names in result.values() for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise ValueError(f"{path}: {len(repeated)} names appear twice in one split, e.g. {repeated[0]!r}")
+    seen: dict[str, str] = {}
+    shared: dict[str, tuple[str, str]] = {}
+    for key, names in result.items():
+        for name in names:
+            if name in seen:
+                shared.setdefault(name, (seen[name], key))
+            seen[name] = key
+    if shared:
+        first = min(shared)
+        where = " and ".join(shared[first])
+        raise ValueError(
+            f"{path}: train, val and test overlap: {len(shared)} names are in more than one split, "
+            f"e.g. {first!r} (in {where})"
+        )
+    return result
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

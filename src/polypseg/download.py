@@ -7,6 +7,12 @@ paths, ``..``, symbolic links and any member that would land outside ``DEST``; i
 temporary folder and renames the dataset into place, so ``DEST/kvasir-seg/{images,masks}`` either
 appears whole or not at all, whatever the archive's top folder is called.
 
+Zip bombs: the total unpacked size is capped (``max_extracted_bytes``, 2 GiB by default against the
+~50 MB Kvasir-SEG archive) and so is each large member's compression ratio (:data:`MAX_COMPRESSION_RATIO`),
+judged from the zip directory before anything is written and counted again while writing (the directory
+may lie). A process killed while unpacking leaves a hidden staging folder (``.kvasir-seg.extract-PID-*``);
+the next run deletes those of processes that no longer run.
+
 No official checksum of the archive is published that this code could check offline: without
 ``--sha256`` the download is not verified beyond being a readable zip with matching image/mask pairs.
 """
@@ -47,6 +53,13 @@ KVASIR_SEG_NOTICE = (
     "(terms: https://datasets.simula.no/kvasir-seg/)."
 )
 _CHUNK = 1 << 20
+#: Largest total size of the unpacked files (Kvasir-SEG unpacks to about 50 MB).
+MAX_EXTRACTED_BYTES = 2 << 30
+#: Largest compression ratio of a member over :data:`_RATIO_FLOOR` bytes (JPEGs hardly compress; bombs do ~1000:1).
+MAX_COMPRESSION_RATIO = 100
+_RATIO_FLOOR = 1 << 20
+_STAGING_PREFIX = ".kvasir-seg.extract-"
+_OLD_PREFIX = ".kvasir-seg.old-"
 
 
 @dataclass
@@ -66,6 +79,7 @@ def download_kvasir_seg(
     force: bool = False,
     progress: bool = True,
     timeout: float = 60.0,
+    max_extracted_bytes: int = MAX_EXTRACTED_BYTES,
 ) -> DownloadResult:
     """Download Kvasir-SEG into ``DEST/kvasir-seg`` (``images/``, ``masks/``, ``kavsir_bboxes.json``).
 
@@ -76,6 +90,7 @@ def download_kvasir_seg(
         force: Replace an existing ``DEST/kvasir-seg``.
         progress: Show a progress bar on stderr (when it is a terminal).
         timeout: Seconds to wait for the server before giving up.
+        max_extracted_bytes: Refuse an archive that unpacks to more than this (a zip bomb).
 
     Raises:
         FileExistsError: ``DEST/kvasir-seg`` exists and ``force`` is false.
@@ -84,6 +99,7 @@ def download_kvasir_seg(
     """
     dest = Path(dest)
     target = dest / "kvasir-seg"
+    _remove_stale(dest, target)
     if target.exists() and not force:
         raise FileExistsError(f"{target}: exists; pass --force to replace it")
     expected = _parse_sha256(sha256)
@@ -96,7 +112,7 @@ def download_kvasir_seg(
             raise ValueError(f"{url}: SHA-256 mismatch (expected {expected}, got {digest})")
         if not zipfile.is_zipfile(part):
             raise ValueError(f"{url}: not a zip archive")
-        pairs = _extract_dataset(part, dest, target)
+        pairs = _extract_dataset(part, dest, target, max_extracted_bytes)
     except ValueError as error:
         part.unlink(missing_ok=True)
         raise ValueError(f"{error}; the download was deleted") from None
@@ -184,18 +200,60 @@ def _range_start(response: object) -> int | None:
     return int(start) if start.isdigit() else None
 
 
-def safe_extract(archive: str | Path, folder: str | Path) -> None:
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or we cannot tell: leave its folder alone
+    return True
+
+
+def _owner_pid(folder: Path, prefix: str) -> int | None:
+    head = folder.name.removeprefix(prefix).split("-")[0]
+    return int(head) if head.isdigit() else None
+
+
+def _remove_stale(dest: Path, target: Path) -> None:
+    """Delete what killed runs left in ``dest``: staging folders, and an old dataset that was being replaced.
+
+    An old dataset moved aside (``.kvasir-seg.old-PID``) goes back into place if no new one replaced it.
+    Folders of processes that still run are left alone.
+    """
+    if not dest.is_dir():
+        return
+    for prefix in (_STAGING_PREFIX, _OLD_PREFIX):
+        for folder in sorted(dest.glob(f"{prefix}*")):
+            pid = _owner_pid(folder, prefix)
+            if not folder.is_dir() or (pid is not None and pid != os.getpid() and _pid_running(pid)):
+                continue
+            if prefix == _OLD_PREFIX and not target.exists():
+                folder.rename(target)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def safe_extract(
+    archive: str | Path,
+    folder: str | Path,
+    max_bytes: int = MAX_EXTRACTED_BYTES,
+    max_ratio: float = MAX_COMPRESSION_RATIO,
+) -> None:
     """Extract a zip into ``folder`` after checking every member; an unsafe archive writes nothing.
 
     Refused: absolute paths (also Windows drive and backslash forms), ``..`` components, symbolic links,
-    and any member whose resolved path is not inside ``folder``.
+    any member whose resolved path is not inside ``folder``, and zip bombs: more than ``max_bytes`` in all,
+    or a member over 1 MiB compressed more than ``max_ratio``:1, judged from the zip directory first and
+    counted again while writing (the files written so far are then deleted).
 
     Raises:
-        ValueError: Naming the first unsafe member.
+        ValueError: Naming the first unsafe member, or the size that is too large.
     """
     folder = Path(folder).resolve()
     with zipfile.ZipFile(archive) as zip_file:
         members = zip_file.infolist()
+        targets = []
         for member in members:
             name = member.filename
             path = PurePosixPath(name.replace("\\", "/"))
@@ -209,17 +267,49 @@ def safe_extract(archive: str | Path, folder: str | Path) -> None:
                 problem = "symbolic link"
             elif not (folder / path).resolve().is_relative_to(folder):
                 problem = "path outside the destination"
+            elif member.file_size > _RATIO_FLOOR and member.file_size > max_ratio * max(member.compress_size, 1):
+                ratio = member.file_size / max(member.compress_size, 1)
+                problem = f"compressed {ratio:.0f}:1, more than {max_ratio:g}:1: a zip bomb?"
             if problem:
                 raise ValueError(f"{archive}: unsafe archive member {name!r} ({problem}); nothing was extracted")
-        zip_file.extractall(folder)
+            targets.append(folder / path)
+        declared = sum(member.file_size for member in members)
+        if declared > max_bytes:
+            raise ValueError(
+                f"{archive}: unpacks to {declared:,} bytes, more than the limit of {max_bytes:,} bytes "
+                "(a zip bomb?); nothing was extracted"
+            )
+        # Counted again while writing: a reader that trusted the data over the directory could be fed more.
+        written = 0
+        created: list[Path] = []
+        try:
+            for member, target in zip(members, targets, strict=True):
+                if member.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                created.append(target)
+                with zip_file.open(member) as source, target.open("wb") as sink:
+                    for chunk in iter(lambda source=source: source.read(_CHUNK), b""):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise ValueError(
+                                f"{archive}: unpacks to more than the limit of {max_bytes:,} bytes "
+                                f"(at {member.filename!r}; a zip bomb?); extraction stopped"
+                            )
+                        sink.write(chunk)
+        except BaseException:
+            for path in created:
+                path.unlink(missing_ok=True)
+            raise
 
 
-def _extract_dataset(archive: Path, dest: Path, target: Path) -> int:
+def _extract_dataset(archive: Path, dest: Path, target: Path, max_bytes: int = MAX_EXTRACTED_BYTES) -> int:
     """Unpack into a temporary folder, find the ``images/`` + ``masks/`` folder, check it, rename it to ``target``."""
-    staging = Path(tempfile.mkdtemp(dir=dest, prefix=".kvasir-seg.extract-"))
+    staging = Path(tempfile.mkdtemp(dir=dest, prefix=f"{_STAGING_PREFIX}{os.getpid()}-"))
     try:
         try:
-            safe_extract(archive, staging)
+            safe_extract(archive, staging, max_bytes=max_bytes)
         except (zipfile.BadZipFile, zipfile.LargeZipFile) as error:
             raise ValueError(f"{archive}: corrupt zip archive ({error})") from None
         roots = sorted(
@@ -233,7 +323,7 @@ def _extract_dataset(archive: Path, dest: Path, target: Path) -> int:
         pairs = len(find_pairs(root))
         old = None
         if target.exists():
-            old = dest / f".kvasir-seg.old-{os.getpid()}"
+            old = dest / f"{_OLD_PREFIX}{os.getpid()}"
             target.rename(old)
         try:
             root.rename(target)

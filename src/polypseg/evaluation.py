@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from polypseg.classes import CLASS_NAMES
+from polypseg.config import TrainConfig
 from polypseg.data import find_pairs, load_pairs, load_splits, make_splits
 from polypseg.io import atomic_write_text
 from polypseg.metrics import LITERATURE_COLUMNS
 from polypseg.training import EvaluationResult, evaluate
-from polypseg.weights import load_pretrained, read_model_config, resolve_weights
+from polypseg.weights import CONFIG_NAME, load_pretrained, read_model_config, resolve_weights
 
 __all__ = [
     "EvaluationReport",
@@ -118,12 +119,17 @@ def resolve_split(
                 break
     if splits_file is not None:
         return load_splits(splits_file)[split], str(splits_file)
-    training = read_model_config(weights).get("training", {}).get("config", {})
-    sizes, seed, max_images = (
-        training.get("split_sizes", [800, 100, 100]),
-        training.get("seed", 42),
-        training.get("max_images"),
-    )
+    record = read_model_config(weights).get("training", {})
+    try:
+        training = record.get("config") or {}
+        recorded = TrainConfig().updated(
+            **{key: training[key] for key in ("split_sizes", "seed", "max_images") if key in training}
+        )
+    except (TypeError, ValueError, AttributeError) as error:
+        folder = resolve_weights(weights)
+        config_path = (folder if folder.is_dir() else folder.parent) / CONFIG_NAME
+        raise ValueError(f"{config_path}: training.config: {error}") from None
+    sizes, seed, max_images = recorded.split_sizes, recorded.seed, recorded.max_images
     pool = names[:max_images] if max_images else names
     return make_splits(pool, sizes, seed)[split], f"seeded split (seed {seed}, sizes {sizes})"
 

@@ -217,6 +217,9 @@ class _Sources:
 def _read_sources(run_or_weights: str | Path, metrics_json: str | Path | None) -> _Sources:
     folder = resolve_weights(run_or_weights)
     weights_dir = folder if folder.is_dir() else folder.parent
+    weights_file = folder / WEIGHTS_NAME if folder.is_dir() else folder
+    if not weights_file.is_file():
+        raise WeightsError(f"{weights_file}: weights file not found")
     config = read_model_config(folder)
     run_dir = (
         weights_dir.parent if weights_dir.name == "best" and (weights_dir.parent / "config.yaml").exists() else None

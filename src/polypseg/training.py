@@ -24,11 +24,15 @@ with flip test-time augmentation, :func:`polypseg.tta.flip_tta`).
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import io
 import logging
 import math
+import os
+import shutil
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -109,10 +113,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        atomic_save(Path(path), lambda temporary: torch.save(checkpoint, temporary), durable=True)
+        path = Path(path)
+        try:
+            atomic_save(path, lambda temporary: torch.save(checkpoint, temporary), durable=True)
+        except (RuntimeError, OSError) as error:  # torch reports a full disk as "basic_ios::clear" or similar
+            reason = _write_failure(error, path.parent)
+            if reason is None:
+                raise
+            raise OSError(f"{path}: cannot save checkpoint ({reason})") from None
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
         return load_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
+
+
+_WRITER_ERRORS = ("basic_ios", "iostream", "inline_container", "PytorchStreamWriter", "file write failed")
+
+
+def _write_failure(error: BaseException, folder: Path) -> str | None:
+    """Why a write failed, in words ("No space left on device" when the disk is full); None: not a write error."""
+    if isinstance(error, OSError):
+        return error.strerror or " ".join(str(error).split())
+    try:
+        if shutil.disk_usage(folder).free < 64 << 20:
+            return os.strerror(errno.ENOSPC)
+    except OSError:
+        pass
+    text = " ".join(str(error).split())
+    return text[:200] if any(marker in text for marker in _WRITER_ERRORS) else None
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -648,6 +675,7 @@ def train(
 
     run_dir = Path(run_dir)
     last = run_dir / LAST_CHECKPOINT
+    checkpoint: dict[str, Any] | None = None
     if resume:
         if not (run_dir / "config.yaml").exists():
             raise FileNotFoundError(f"{last}: no checkpoint to resume from ({run_dir} holds no run)")
@@ -657,7 +685,7 @@ def train(
             remove_stale_temporaries(run_dir)
             recover_folder(run_dir / "best")
         if last.exists():
-            load_checkpoint(last, mmap=True)  # a damaged checkpoint is reported before the data are loaded
+            checkpoint = load_checkpoint(last, mmap=True)  # a damaged checkpoint is reported before the data
         else:
             warnings.warn(f"{last}: no checkpoint yet; the run starts again from its first epoch", stacklevel=2)
         saved = load_config(run_dir / "config.yaml")
@@ -666,9 +694,13 @@ def train(
             epochs=config.epochs if config.epochs != saved.epochs else None,
             time_budget=config.time_budget if config.time_budget != saved.time_budget else None,
         )
+        if checkpoint is not None:
+            _check_resumable(checkpoint, config, last, run_dir / "config.yaml")
         splits_file = run_dir / "splits.json"
     elif _process_rank() == 0 and run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir}: run folder is not empty (use --resume to continue it, or a new --out)")
+    else:
+        config = config.updated(run_id=uuid.uuid4().hex)  # a new run: its checkpoints carry this id
     data_dir = data_dir if data_dir is not None else config.data_dir
     if data_dir is None:
         raise ValueError("no dataset folder given (--data)")
@@ -680,17 +712,18 @@ def train(
         samples = samples[: config.max_images]
     if splits_file is not None:
         splits = load_splits(splits_file)
+        known = {s.name for s in samples}
+        unknown = sorted(name for names in splits.values() for name in names if name not in known)
+        if unknown:
+            raise ValueError(
+                f"{splits_file}: {len(unknown)} names of the split are not in {data_dir}, e.g. {unknown[0]!r}"
+            )
     else:
         splits = make_splits([s.name for s in samples], config.split_sizes, config.seed)
-    wanted = set(splits["train"]) | set(splits["val"])
-    pairs = load_pairs([s for s in samples if s.name in wanted], config.image_size)
     if not splits["train"] or not splits["val"]:
         raise ValueError("the split has no training or no validation images")
-    # Only now, with every image and mask decoded, is anything written.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if _process_rank() == 0:
-        save_config(config, run_dir / "config.yaml")
-        save_splits(splits, run_dir / "splits.json")
+    wanted = set(splits["train"]) | set(splits["val"])
+    pairs = load_pairs([s for s in samples if s.name in wanted], config.image_size)
 
     metadata = {
         "boundary_width_px": config.boundary_width_px,
@@ -720,6 +753,12 @@ def train(
     module = SegmentationModule(config.to_dict())
     if config.init_weights and not (resume and last.exists()):
         _init_from_weights(module, config.init_weights)
+    # Only now, with every image and mask decoded and the model built, is anything written: a setup
+    # that fails leaves the run folder as it was (a retry does not find it "not empty").
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _process_rank() == 0:
+        save_config(config, run_dir / "config.yaml")
+        save_splits(splits, run_dir / "splits.json")
     trainer.fit(
         module,
         train_dataloaders=_loader(pairs.subset(splits["train"]), config, shuffle=True),
@@ -727,6 +766,30 @@ def train(
         ckpt_path=str(last) if resume and last.exists() else None,
     )
     return TrainResult(run_dir, run_dir / "best", exporter.best, trainer.current_epoch, trainer.is_global_zero)
+
+
+def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig, last: Path, config_path: Path) -> None:
+    """Refuse a ``last.ckpt`` of another run, one that ``config.yaml`` no longer fits, or too few epochs."""
+    stored = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
+    if stored.get("run_id") != config.run_id:
+        raise CheckpointError(
+            f"{last}: checkpoint of another run (run id {stored.get('run_id')}, {config_path} says {config.run_id}); "
+            "restore this run's own last.ckpt or start a new run"
+        )
+    changed = [
+        key for key in ("base_channels", "head_kernel_size") if key in stored and stored[key] != getattr(config, key)
+    ]
+    if changed:
+        key = changed[0]
+        raise ValueError(
+            f"{config_path}: {key} is {getattr(config, key)} but the run's checkpoint {last} has {stored[key]}; "
+            "restore the run's config.yaml"
+        )
+    completed = int(checkpoint.get("epoch", -1)) + 1
+    if not config.time_budget and config.epochs < completed:
+        raise ValueError(
+            f"{last}: the run has completed {completed} epochs already; --epochs must be at least {completed}"
+        )
 
 
 def _init_from_weights(module: SegmentationModule, weights: str) -> None:

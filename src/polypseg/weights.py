@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from polypseg.classes import CLASS_NAMES, DEFAULT_BOUNDARY_WIDTH_PX
@@ -41,6 +41,15 @@ __all__ = [
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 ARCHITECTURE_KEYS = ("in_channels", "num_classes", "base_channels", "head_kernel_size")
+#: Bounds of the integers of ``config.json`` (inclusive); ``input_size`` sides are at most :data:`MAX_INPUT_SIZE`.
+CONFIG_BOUNDS = {
+    "in_channels": (1, 64),
+    "num_classes": (1, 256),
+    "base_channels": (2, 256),
+    "head_kernel_size": (1, 7),
+    "boundary_width_px": (0, 64),
+}
+MAX_INPUT_SIZE = 2048
 
 
 class WeightsError(ValueError):
@@ -90,7 +99,10 @@ def save_pretrained(
         "format": "polypseg",
     }
     config.update(metadata or {})
-    atomic_save(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    try:
+        atomic_save(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    except SafetensorError as error:  # e.g. the disk is full
+        raise OSError(f"{folder / WEIGHTS_NAME}: cannot write weights ({' '.join(str(error).split())})") from None
     atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, default=str) + "\n")
     return folder
 
@@ -128,19 +140,50 @@ def read_model_config(path: str | Path | None = None) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise WeightsError(f"{config_path}: must hold a JSON object")
 
-    def is_int(value: Any, minimum: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    def is_int(value: Any, minimum: int, maximum: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum
 
-    for key in ARCHITECTURE_KEYS:
-        if key in config and not is_int(config[key], 1):
-            raise WeightsError(f"{config_path}: '{key}' must be a positive integer, got {config[key]!r}")
-    width = config.get("boundary_width_px", 0)
-    if not is_int(width, 0):
-        raise WeightsError(f"{config_path}: 'boundary_width_px' must be an integer >= 0, got {width!r}")
+    # Every number is bounded: a hostile config.json must not build a huge model or run for ever.
+    for key, (minimum, maximum) in CONFIG_BOUNDS.items():
+        if key in config and not is_int(config[key], minimum, maximum):
+            raise WeightsError(
+                f"{config_path}: '{key}' must be an integer from {minimum} to {maximum}, got {config[key]!r}"
+            )
+    if config.get("base_channels", 2) % 2:
+        raise WeightsError(f"{config_path}: 'base_channels' must be even, got {config['base_channels']!r}")
+    if config.get("head_kernel_size", 1) % 2 != 1:
+        raise WeightsError(f"{config_path}: 'head_kernel_size' must be odd, got {config['head_kernel_size']!r}")
     size = config.get("input_size", [16, 16])
-    if not (isinstance(size, list) and len(size) == 2 and all(is_int(v, 16) and v % 16 == 0 for v in size)):
-        raise WeightsError(f"{config_path}: 'input_size' must be [height, width], multiples of 16, got {size!r}")
+    if not (
+        isinstance(size, list) and len(size) == 2 and all(is_int(v, 16, MAX_INPUT_SIZE) and v % 16 == 0 for v in size)
+    ):
+        raise WeightsError(
+            f"{config_path}: 'input_size' must be [height, width], multiples of 16 from 16 to {MAX_INPUT_SIZE}, "
+            f"got {size!r}"
+        )
     return config
+
+
+def _expected_shapes(architecture: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a U-Net of ``architecture``, from a model on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        model = UNet(**architecture)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _check_shapes(
+    shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], weights_path: Path, origin: str = ""
+) -> None:
+    for key, shape in expected.items():
+        if key not in shapes:
+            raise WeightsError(f"{weights_path}: tensor '{key}' is missing")
+        if shapes[key] != shape:
+            raise WeightsError(
+                f"{weights_path}: tensor '{key}' has shape {shapes[key]}, the model{origin} needs {shape}"
+            )
+    extra = sorted(set(shapes) - set(expected))
+    if extra:
+        raise WeightsError(f"{weights_path}: tensor '{extra[0]}' does not belong to the model")
 
 
 def load_pretrained(path: str | Path | None = None, map_location: str | torch.device = "cpu") -> UNet:
@@ -164,32 +207,33 @@ def load_pretrained(path: str | Path | None = None, map_location: str | torch.de
     weights_path = path / WEIGHTS_NAME if path.is_dir() else path
     if not weights_path.exists():
         raise WeightsError(f"{weights_path}: weights file not found")
-    try:
-        tensors = load_file(str(weights_path), device=str(map_location))
+    try:  # the header alone: shapes are checked before any tensor is read or any model is built
+        with safe_open(str(weights_path), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as error:
         raise WeightsError(f"{weights_path}: not a readable safetensors file ({error})") from None
     config = read_model_config(path)
     architecture = {key: config[key] for key in ARCHITECTURE_KEYS if key in config}
-    if not architecture or not _is_native(tensors):
+    native = bool(architecture) and _is_native(shapes)
+    if native:
+        config_name = weights_path.parent / CONFIG_NAME
+        _check_shapes(shapes, _expected_shapes(architecture), weights_path, f" of {config_name}")
+    try:
+        tensors = load_file(str(weights_path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{weights_path}: not a readable safetensors file ({error})") from None
+    if not native:
         architecture, tensors = map_foreign_state_dict(tensors, source=weights_path)
+        _check_shapes(
+            {key: tuple(value.shape) for key, value in tensors.items()}, _expected_shapes(architecture), weights_path
+        )
     model = UNet(**architecture)
     expected = model.state_dict()
-    for key, value in expected.items():
-        if key not in tensors:
-            raise WeightsError(f"{weights_path}: tensor '{key}' is missing")
-        if tensors[key].shape != value.shape:
-            raise WeightsError(
-                f"{weights_path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, "
-                f"the model needs {tuple(value.shape)}"
-            )
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise WeightsError(f"{weights_path}: tensor '{extra[0]}' does not belong to the model")
     model.load_state_dict({key: value.to(expected[key].dtype) for key, value in tensors.items()})
     return model.to(map_location).eval()
 
 
-def _is_native(tensors: dict[str, torch.Tensor]) -> bool:
+def _is_native(tensors: dict[str, Any]) -> bool:
     return "classifier.weight" in tensors and "encoder.0.0.weight" in tensors
 
 
@@ -298,12 +342,12 @@ def map_foreign_state_dict(
     _put_with_bias(state, origin, classifier, "classifier", out_axis=0)
     architecture["num_classes"] = _conv_io(classifier)[1]
 
-    expected = UNet(**architecture).state_dict()
-    for key, value in expected.items():
-        if key in state and state[key].shape != value.shape:
+    expected = _expected_shapes(architecture)
+    for key, shape in expected.items():
+        if key in state and tuple(state[key].shape) != shape:
             raise WeightsError(
                 f"{source}: tensor '{origin[key]}' has shape {tuple(state[key].shape)}, but at its place "
-                f"({key}) a U-Net of width {architecture['base_channels']} needs {tuple(value.shape)}"
+                f"({key}) a U-Net of width {architecture['base_channels']} needs {shape}"
             )
     return architecture, state
 
