@@ -1,0 +1,39 @@
+"""Print the time-to-accuracy table of docs/results.md from ``runs/tta/*/time_to_accuracy.json``.
+
+Usage::
+
+    python scripts/time_to_accuracy_table.py runs/tta
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MARKS = ("5", "10", "15", "30", "60", "120")
+
+
+def main() -> int:
+    """Print one Markdown row per recorded run, fastest-learning first; returns the exit code."""
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/tta")
+    records = []
+    for path in sorted(root.glob("*/time_to_accuracy.json")):
+        record = json.loads(path.read_text())
+        if "at_minutes" in record:
+            records.append(record)
+    print("| recipe | CPU | epochs seen | wall | " + " | ".join(f"{m} min" for m in MARKS) + " |")
+    print("|---|---|---:|---:|" + "---:|" * len(MARKS))
+    for record in records:
+        cells = []
+        for mark in MARKS:
+            value = record["at_minutes"].get(mark, {}).get("polyp_dice_per_image")
+            cells.append("" if mark not in record["at_minutes"] else ("none yet" if value is None else f"{value:.3f}"))
+        cpu = "native bf16" if record["cpu_native_bf16"] else "no native bf16"
+        wall = f"{record['wall_seconds'] / 60:.1f} min"
+        print(f"| `{record['name']}` | {cpu} | {record['epochs_run']} | {wall} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
