@@ -12,6 +12,7 @@ and scheduler state.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -86,7 +87,10 @@ def assert_same(first: object, second: object, what: str) -> None:
 def assert_same_run(reference: Path, run: Path) -> None:
     assert (run / "splits.json").read_text() == (reference / "splits.json").read_text()
     assert metrics_rows(run) == metrics_rows(reference)
-    assert (run / "best" / "config.json").read_text() == (reference / "best" / "config.json").read_text()
+    # Two runs differ in their run id only (each new run draws one; resumes keep it).
+    configs = [json.loads((r / "best" / "config.json").read_text()) for r in (run, reference)]
+    assert configs[0]["training"]["config"].pop("run_id") != configs[1]["training"]["config"].pop("run_id")
+    assert configs[0] == configs[1]
     best = load_file(run / "best" / "model.safetensors")
     assert_same(best, load_file(reference / "best" / "model.safetensors"), "best/")
     last, last_reference = (load_checkpoint(r / "checkpoints" / "last.ckpt") for r in (run, reference))
