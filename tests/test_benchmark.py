@@ -99,7 +99,7 @@ def test_table_marks_auto_and_says_whether_it_is_within_10_percent(monkeypatch, 
     table = benchmark.format_results(results)
     marked = {(line.split()[0], " ".join(line.split()[2:4])) for line in table.splitlines() if line.endswith("<- auto")}
     if flag == "1":
-        assert marked == {("w64", "openvino bf16"), ("w16", "openvino bf16")}
+        assert marked == {("w64", "openvino bf16"), ("w16", "torch bf16")}
     else:  # fp32: OpenVINO for the full model, ONNX Runtime for the small one
         assert marked == {("w64", "openvino 32"), ("w16", "onnxruntime 32")}
     assert sum(line.endswith("<- auto (int8 export)") for line in table.splitlines()) == 2

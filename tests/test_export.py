@@ -184,7 +184,8 @@ def test_load_backend_exports_once_and_caches(exported, tmp_path, monkeypatch):
     assert (auto.name, auto.precision) == ("onnxruntime", "32") and auto.auto_choice.backend == "onnxruntime"
     monkeypatch.setenv("POLYPSEG_NATIVE_BF16", "1")
     auto = load_backend(weights, "auto")
-    assert (auto.name, auto.precision) == ("openvino", "bf16") and "native bf16" in auto.auto_choice.reason
+    # width 8 is a small model: PyTorch bf16 leads on a CPU with native bf16 (measured at width 16)
+    assert (auto.name, auto.precision) == ("torch", "bf16") and "native bf16" in auto.auto_choice.reason
     assert load_backend(weights, "openvino").name == "openvino"
 
 

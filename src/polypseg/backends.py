@@ -108,8 +108,10 @@ def choose_backend(
     1. OpenVINO int8 where the weights folder is an OpenVINO export with ``model_int8.xml``: int8 was the
        fastest case on every CPU measured (width 64, batch 1: 5.27x eager fp32 on a CPU with native bf16,
        5.51x on one without).
-    2. On a CPU with native bf16 (AVX512-BF16 or AMX): OpenVINO bf16 (2.87x at width 64), else PyTorch bf16
-       autocast (2.06x; faster than ONNX Runtime fp32 there, 1.31x), else ONNX Runtime fp32.
+    2. On a CPU with native bf16 (AVX512-BF16 or AMX): OpenVINO bf16 (2.51-2.87x at width 64, batch 1),
+       else PyTorch bf16 autocast (1.95-2.06x; faster than ONNX Runtime fp32 there, 1.24-1.31x), else ONNX
+       Runtime fp32. For small models (``base_channels`` at most :data:`SMALL_MODEL_CHANNELS`) PyTorch bf16
+       comes first (2.05x vs OpenVINO bf16's 1.79x at width 16, batch 8, on a 2-core AMD EPYC).
     3. fp32 otherwise (bf16 is emulated and about 3x slower than fp32 without native support): OpenVINO fp32
        (1.87x at width 64 vs ONNX Runtime's 1.50x), except for small models (``base_channels`` at most
        :data:`SMALL_MODEL_CHANNELS`), where ONNX Runtime comes first (1.19x vs 0.75x at width 16, batch 8);
@@ -152,9 +154,15 @@ def choose_backend(
         )
     if precision == "bf16" or (precision == "auto" and native_bf16):
         why = "CPU has native bf16" + bf16_note if native_bf16 else "precision bf16 asked for"
-        for backend in ("openvino", "torch"):
+        small = base_channels is not None and base_channels <= SMALL_MODEL_CHANNELS
+        for backend in ("torch", "openvino") if small else ("openvino", "torch"):
             if backend in installed:
-                extra = "" if backend == "openvino" or precision == "bf16" else "; OpenVINO not installed"
+                if small and backend == "torch":
+                    extra = "; PyTorch leads bf16 for small models"
+                elif backend == "openvino" or precision == "bf16":
+                    extra = ""
+                else:
+                    extra = "; OpenVINO not installed"
                 return BackendChoice(backend, "bf16", why + extra)
         if precision == "bf16":
             raise ValueError(f"bf16 needs OpenVINO or PyTorch weights; only {', '.join(installed) or 'nothing'} here")
