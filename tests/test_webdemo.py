@@ -333,10 +333,13 @@ def test_page_in_a_browser(balanced_weights, example, tmp_path):
     # A minimum area that changes the example's count, and the count it gives.
     everything = Predictor.from_pretrained(balanced_weights, precision="32", min_polyp_fraction=0.0)
     (item,), _ = segment_paths(everything, [example])
-    min_area = round(100.0 * (item.prediction.polyps[0].pixels + 1) / (width * height), 2)
-    assert min_area <= 5.0, "the example's largest region must be under the page's largest minimum"
+    candidates = [0.0] + [round(100.0 * (region.pixels + 1) / (width * height), 2) for region in item.prediction.polyps]
+    min_area = next(
+        area
+        for area in candidates
+        if area <= 5.0 and len(with_min_area(item, area).prediction.polyps) != int(expected["polyps"])
+    )
     recounted = len(with_min_area(item, min_area).prediction.polyps)
-    assert recounted != int(expected["polyps"])
     tta_area = str(
         round(
             Predictor.from_pretrained(balanced_weights, precision="32", tta=True)
@@ -416,7 +419,7 @@ def test_page_in_a_browser(balanced_weights, example, tmp_path):
                     arg=before[0],
                 )
                 polyp_layer = Image.open(io.BytesIO(page.request.get(_shown_mask_srcs(page)[0]).body()))
-                assert np.asarray(polyp_layer)[..., 3].max() == round(0.9 * 255)
+                assert abs(int(np.asarray(polyp_layer)[..., 3].max()) - 0.9 * 255) <= 1
 
                 # Minimum area: the count changes in the caption and the table.
                 number = page.locator("#min-area input[type=number]")
@@ -454,7 +457,10 @@ def test_page_in_a_browser(balanced_weights, example, tmp_path):
                 base.wait_for()
                 page.locator("#inputs input[type=file]").set_input_files([str(big)])
                 page.wait_for_function("() => document.querySelectorAll('#main-result img').length === 0")
-                page.locator(".toast-body").first.wait_for()
+                _wait_text(
+                    page, "#upload-note", f"Not uploaded: {big.name}: over this page's limit of 0.25 MB per file"
+                )
+                assert page.locator("#inputs .file-preview").count() == 0
                 _wait_text(page, "#summary", "Upload images or click an example.")
 
                 # Clicking an example (described in its row) segments it and empties the upload list.

@@ -131,6 +131,8 @@ PAGE_CSS = """
 #main-result .image-container:hover .mask { opacity: 0.25; }
 #main-result .mask.active { opacity: 1; }
 #main-result .mask.inactive { opacity: 0; }
+#upload-note .upload-refused { margin: 0; font-weight: 600; }
+#upload-note .upload-refused:empty { display: none; }
 #summary table { display: block; overflow-x: auto; max-width: 100%; }
 #summary th, #summary td { white-space: nowrap; }
 #examples img { object-fit: contain; }
@@ -142,8 +144,8 @@ PAGE_CSS = """
 """
 
 #: Clears the results the moment new files are chosen or dropped (before they upload), so old results never
-#: sit next to a new upload; when a chosen file is over Gradio's size limit (which Gradio refuses with a
-#: message), the file list is cleared too.
+#: sit next to a new upload; when a chosen file is over Gradio's size limit (Gradio would refuse it), the
+#: file list is cleared too and one line under it names the file and the limit (as text, never as HTML).
 PAGE_HEAD = """
 <script>
 (() => {
@@ -153,9 +155,15 @@ PAGE_HEAD = """
     const chosen = event.type === "drop" ? event.dataTransfer?.files : event.target.files;
     if (event.type === "change" && !(event.target instanceof HTMLInputElement && event.target.type === "file")) return;
     document.querySelector("#clear-results")?.click();
+    const note = document.querySelector("#upload-note .upload-refused");
+    if (note) note.textContent = "";
     const limit = window.gradio_config?.max_file_size;
-    if (limit && chosen && Array.from(chosen).some((file) => file.size > limit)) {
+    const refused = limit && chosen ? Array.from(chosen).filter((file) => file.size > limit) : [];
+    if (refused.length) {
       inputs.querySelector("button[aria-label='Clear']")?.click();
+      const megabytes = Math.round((limit / 2 ** 20) * 100) / 100;
+      const names = refused.map((file) => file.name).join(", ");
+      if (note) note.textContent = `Not uploaded: ${names}: over this page's limit of ${megabytes} MB per file`;
     }
   };
   document.addEventListener("change", clearResults, true);
@@ -575,6 +583,7 @@ def build_demo(
                     height=120,
                     elem_id="inputs",
                 )
+                gr.HTML('<p class="upload-refused" role="alert"></p>', elem_id="upload-note", padding=False)
                 main = gr.AnnotatedImage(
                     label="Result (hover over the legend to show one layer)",
                     color_map=LAYER_COLOURS,
