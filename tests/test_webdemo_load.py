@@ -121,7 +121,10 @@ def client(server):
 def _segment(client, paths: list[Path]):
     from gradio_client import handle_file
 
-    return client.submit([handle_file(str(path)) for path in paths], 0.4, api_name="/segment")
+    # Inputs: files, opacity, minimum polyp area (%), TTA, layers shown; outputs: main view, caption, picker,
+    # table, zip.
+    files = [handle_file(str(path)) for path in paths]
+    return client.submit(files, 0.4, 0.1, False, ["polyp", "boundary", "counted polyp box"], api_name="/segment")
 
 
 def _rows(summary: str) -> dict[str, list[str]]:
@@ -144,12 +147,13 @@ def test_twenty_concurrent_requests_all_answered_correctly(client, examples, exp
         for job in jobs:
             job.cancel()
         pytest.fail(f"{unanswered} of {REQUESTS} requests unanswered after {TIMEOUT_S} s")
-    for index, (overlays, class_maps, summary, masks) in enumerate(results):
+    for index, (main, caption, _, summary, archive) in enumerate(results):
         name = examples[index % len(examples)].name
         rows = _rows(summary)
-        assert list(rows) == [name] and "Not segmented" not in summary
+        # The caption escapes Markdown punctuation (a backslash before the name's dot), as the table cells do.
+        assert list(rows) == [name] and "Not segmented" not in summary and name in re.sub(r"\\(.)", r"\1", caption)
         assert rows[name][2] == expected_areas[name]
-        assert len(overlays) == len(class_maps) == len(masks) == 1
+        assert main is not None and len(main["annotations"]) == 3 and archive is not None
     assert network_calls.calls >= REQUESTS and network_calls.peak == 1
 
 
@@ -162,10 +166,11 @@ def test_non_images_get_one_line_each_and_the_image_beside_them_is_segmented(
     truncated.write_bytes(examples[1].read_bytes()[:3000])
     large = tmp_path / "large.png"
     Image.fromarray(np.zeros((1000, 1100, 3), np.uint8)).save(large)  # 1.1 MP, a few KB
-    overlays, _, summary, masks = _segment(client, [text, examples[1], truncated, large]).result(timeout=TIMEOUT_S)
+    main, _, _, summary, archive = _segment(client, [text, examples[1], truncated, large]).result(timeout=TIMEOUT_S)
 
+    assert list(_rows(summary)) == [examples[1].name]
     assert _rows(summary)[examples[1].name][2] == expected_areas[examples[1].name]
-    assert len(overlays) == len(masks) == 1
+    assert main is not None and archive is not None
     errors = [line for line in summary.splitlines() if line.startswith("**Not segmented:**")]
     assert [re.sub(r"\\(.)", r"\1", line).split()[2] for line in errors] == [
         "notes.jpg:",

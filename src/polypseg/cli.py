@@ -378,7 +378,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--tta", action="store_true", help=TTA_HELP + "; not with --web")
+    parser.add_argument("--tta", action="store_true", help=TTA_HELP + "; with --web: the page's TTA default")
     parser.add_argument("--web", action="store_true", help="serve a web page instead (needs polypseg[demo])")
     parser.add_argument("--host", default="127.0.0.1", help="--web: interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="--web: port (default: 7860)")
@@ -399,15 +399,13 @@ def _demo(args: argparse.Namespace) -> int:
     if args.web:
         from polypseg.webdemo import serve
 
-        if args.tta:
-            raise ValueError("--tta is not available with --web")
-
         serve(
             args.weights,
             host=args.host,
             port=args.port,
             max_upload_mb=args.max_upload_mb,
             max_megapixels=args.max_megapixels,
+            tta=args.tta,
         )
         return 0
     return _run_predict(args.weights, [str(bundled_examples_dir())], args)

@@ -1,37 +1,48 @@
 """``polypseg demo --web``: a Gradio page to segment images in the browser.
 
-Upload one or more images (or click a bundled example) and see, per image, the overlay with the polyp
-boxes, the class map, the polyp area, count and boxes, and download the binary masks. The opacity slider
-re-renders the overlays from the kept class maps without running the network again. One
-:class:`~polypseg.inference.Predictor` is loaded at start and serves every request.
+Upload one or more images (or click a bundled example, each described in one line) and see the shown
+image uncropped with the segmentation as an annotated overlay (polyp, boundary and the boxes of counted
+polyps, each a layer with a colour swatch in the legend and a "Show" toggle), one line of numbers under
+it, a table with a row per image, a short note on how to read them, and one zip of every output (binary
+masks, class maps, overlays, ``predictions.csv``). Controls: overlay opacity, minimum polyp area (regions
+smaller than this share of the frame are not counted) and flip TTA. Opacity, minimum area and the toggles
+re-render from the kept class maps without running the network; TTA runs it again. Results clear as soon
+as the input changes. One :class:`~polypseg.inference.Predictor` is loaded at start and serves every
+request. The layout reads top to bottom on a phone: upload, result, numbers, then examples and controls.
 
 Uploads are untrusted: each file is limited in bytes (Gradio refuses larger uploads) and, judged from its
 header before decoding, in pixels (lower than the CLI's limit, since logits are computed at full
 resolution); a file that is not a readable image gets one line in the page and the others are still
-segmented; file names are escaped before they reach the Markdown table. Requests wait in a bounded queue
-and the network runs for one request at a time. The page listens on 127.0.0.1 unless told otherwise, and
+segmented; file names are escaped before they reach the Markdown. Requests wait in a bounded queue and the
+network runs for one request at a time. The page listens on 127.0.0.1 unless told otherwise, and
 :func:`serve` warns when it is not.
 
 Gradio is the optional ``demo`` extra (``pip install 'polypseg[demo]'``); it is imported only here. This
 module keeps annotations evaluated (no ``from __future__ import annotations``): Gradio reads the
-``gr.SelectData`` annotation of the example handler at run time to pass it the clicked example.
+``gr.SelectData`` annotation of the result picker's handler at run time to pass it the clicked image.
 """
 
+import copy
+import csv
+import io
 import ipaddress
 import json
+import math
 import os
 import re
 import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from polypseg.inference import CLASS_PALETTE, Prediction, Predictor, output_stems, overlay
+from polypseg.classes import BOUNDARY, POLYP
+from polypseg.inference import CLASS_PALETTE, CSV_COLUMNS, JPEG_QUALITY, Prediction, Predictor, output_stems, overlay
 from polypseg.io import IMAGE_SUFFIXES, InputError, atomic_save, read_image
 from polypseg.weights import bundled_examples_dir
 
@@ -39,15 +50,21 @@ if TYPE_CHECKING:
     import gradio as gr
 
 __all__ = [
+    "EXAMPLE_DESCRIPTIONS",
     "Segmented",
+    "annotated_view",
     "build_demo",
     "escape_markdown",
+    "example_list",
     "host_warning",
     "read_upload",
     "render_overlay",
+    "result_caption",
     "segment_paths",
     "serve",
     "summary_markdown",
+    "with_min_area",
+    "write_results_zip",
 ]
 
 #: Colour of the polyp boxes drawn on the overlays (cyan: distinct from the green tint and yellow rim).
@@ -58,10 +75,102 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 #: Largest image the page segments, in millions of pixels: its logits (3 float32 per pixel) are computed at
 #: full resolution, 480 MB at 40 MP, so the page refuses earlier than the CLI's 100 MP.
 DEFAULT_MAX_MEGAPIXELS = 40.0
-#: Images segmented per request; further files get a line saying so (memory per request stays bounded).
+#: Images segmented per request; further files get a line naming them (memory per request stays bounded).
 MAX_IMAGES_PER_REQUEST = 16
 #: Requests that may wait for the network; further ones are told the queue is full.
 DEFAULT_QUEUE_SIZE = 32
+#: The page shows images at most this many pixels on their longer side (the zip keeps full resolution):
+#: Gradio builds each annotation layer as a float64 RGBA array of the shown size.
+DISPLAY_MAX_SIDE = 1600
+#: Longer side of the result picker's thumbnails.
+THUMBNAIL_SIDE = 192
+#: Largest minimum polyp area the page offers, in percent of the frame.
+MAX_MIN_AREA_PERCENT = 5.0
+#: Names of the annotation layers (legend and "Show" toggles), in drawing order.
+LAYERS = ("polyp", "boundary", "counted polyp box")
+LAYER_COLOURS = {
+    "polyp": "#{:02x}{:02x}{:02x}".format(*CLASS_PALETTE[POLYP]),
+    "boundary": "#{:02x}{:02x}{:02x}".format(*CLASS_PALETTE[BOUNDARY]),
+    "counted polyp box": "#{:02x}{:02x}{:02x}".format(*BOX_COLOUR),
+}
+ZIP_NAME = "polypseg-results.zip"
+
+#: One line per bundled example, in the order shown: the Kvasir-SEG test images at the 10th, 30th, 50th,
+#: 70th and 90th percentile of the first bundled model's per-image polyp Dice (0.00, 0.47, 0.72, 0.84, 0.90;
+#: it missed the first one, today's model finds it).
+EXAMPLE_DESCRIPTIONS = {
+    "cju887ftknop008177nnjt46y.jpg": "Small flat polyp, hard to see (10th percentile)",
+    "cju1euuc65wm00799m4sjdnnn.jpg": "Small round polyp, specks near it marked (30th percentile)",
+    "cju8clorgsuwn08714toqb7v6.jpg": "Large irregular polyp at the lower left (50th percentile)",
+    "cju35fxqyzt5p0993vusm54qz.jpg": "Large polyp on a fold, black corner box (70th percentile)",
+    "cju34ouumcznz07996gg1xq7v.jpg": "Large smooth polyp in the middle (90th percentile)",
+}
+#: Gradio's example table cuts longer descriptions.
+MAX_DESCRIPTION_CHARS = 60
+
+HOW_TO_READ = """\
+**How to read this.** Green: pixels the model calls polyp; yellow: the polyp's boundary class; cyan: the \
+box around each counted polyp. Hover over a legend entry to show only that layer, over the image to see \
+the photo under the layers.
+
+- **Polyp area** is the share of the **whole frame** (black endoscope border and text included) that is \
+polyp or boundary, so the same polyp reads smaller in a frame with a wide border.
+- **Polyps** counts connected regions of at least the **minimum polyp area** (default 0.1 % of the \
+frame); smaller specks stay in the mask and the area but are not counted or boxed.
+- **Boxes** are pixel coordinates in the original image, `[x_min, y_min, x_max, y_max]` from the top-left \
+corner, max exclusive (as in `predictions.csv`).
+- **TTA** averages the network's output over the image and its three flips: four times slower, \
+usually a little more accurate.
+
+Research use only; not a medical device, not for diagnosis."""
+
+#: Styles: exact layer opacity (Gradio dims masks to 0.85), a table that scrolls instead of wrapping, a
+#: compact header and example list on phones.
+PAGE_CSS = """
+#main-result .mask { opacity: 1; }
+#main-result .image-container:hover .mask { opacity: 0.25; }
+#main-result .mask.active { opacity: 1; }
+#main-result .mask.inactive { opacity: 0; }
+#upload-note .upload-refused { margin: 0; font-weight: 600; }
+#upload-note .upload-refused:empty { display: none; }
+#summary table { display: block; overflow-x: auto; max-width: 100%; }
+#summary th, #summary td { white-space: nowrap; }
+#examples img { object-fit: contain; }
+#header h1 { margin-bottom: 0.2em; }
+@media (max-width: 640px) {
+  #header h1 { font-size: 1.4em; }
+  #header p { font-size: 0.9em; margin: 0; }
+}
+"""
+
+#: Clears the results the moment new files are chosen or dropped (before they upload), so old results never
+#: sit next to a new upload; when a chosen file is over Gradio's size limit (Gradio would refuse it), the
+#: file list is cleared too and one line under it names the file and the limit (as text, never as HTML).
+PAGE_HEAD = """
+<script>
+(() => {
+  const clearResults = (event) => {
+    const inputs = event.target instanceof Element ? event.target.closest("#inputs") : null;
+    if (!inputs) return;
+    const chosen = event.type === "drop" ? event.dataTransfer?.files : event.target.files;
+    if (event.type === "change" && !(event.target instanceof HTMLInputElement && event.target.type === "file")) return;
+    document.querySelector("#clear-results")?.click();
+    const note = document.querySelector("#upload-note .upload-refused");
+    if (note) note.textContent = "";
+    const limit = window.gradio_config?.max_file_size;
+    const refused = limit && chosen ? Array.from(chosen).filter((file) => file.size > limit) : [];
+    if (refused.length) {
+      inputs.querySelector("button[aria-label='Clear']")?.click();
+      const megabytes = Math.round((limit / 2 ** 20) * 100) / 100;
+      const names = refused.map((file) => file.name).join(", ");
+      if (note) note.textContent = `Not uploaded: ${names}: over this page's limit of ${megabytes} MB per file`;
+    }
+  };
+  document.addEventListener("change", clearResults, true);
+  document.addEventListener("drop", clearResults, true);
+})();
+</script>
+"""
 
 
 @dataclass
@@ -105,6 +214,11 @@ def read_upload(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     return read_image(path)
 
 
+def _name_list(names: Sequence[str], shown: int = 5) -> str:
+    listed = ", ".join(names[:shown])
+    return listed if len(names) <= shown else f"{listed} and {len(names) - shown} more"
+
+
 def segment_paths(
     predictor: Predictor,
     paths: Sequence[str | Path],
@@ -119,7 +233,7 @@ def segment_paths(
         paths: Image files; each is read with :func:`read_upload`.
         batch_size: Images per network call.
         max_pixels: Refuse larger images (default: :func:`polypseg.io.read_image`'s limit only).
-        max_images: Segment at most this many files; the rest get one error line together.
+        max_images: Segment at most this many files; one error line names the rest.
 
     Returns:
         The results, in input order, and one-line errors (``name: problem``) for files not segmented.
@@ -127,7 +241,8 @@ def segment_paths(
     paths = [Path(path) for path in paths]
     errors: list[str] = []
     if max_images is not None and len(paths) > max_images:
-        errors.append(f"{len(paths) - max_images} more files: at most {max_images} images are segmented at once")
+        extra = [path.name for path in paths[max_images:]]
+        errors.append(f"{_name_list(extra)}: at most {max_images} images are segmented per upload")
         paths = paths[:max_images]
     loaded: list[tuple[Path, str, np.ndarray]] = []
     for path, stem in zip(paths, output_stems(paths), strict=True):
@@ -146,6 +261,18 @@ def segment_paths(
     return results, errors
 
 
+def with_min_area(item: Segmented, min_area_percent: float) -> Segmented:
+    """``item`` counting only the polyp regions of at least ``min_area_percent`` of the frame.
+
+    ``item`` should hold every region (segmented with ``min_polyp_fraction=0``); the minimum is applied as
+    :class:`~polypseg.inference.Predictor` applies its ``min_polyp_fraction``. The mask is unchanged.
+    """
+    height, width = item.image.shape[:2]
+    min_pixels = max(1, math.ceil(min_area_percent / 100.0 * height * width))
+    counted = [region for region in item.prediction.polyps if region.pixels >= min_pixels]
+    return replace(item, prediction=Prediction(item.prediction.class_map, counted))
+
+
 def render_overlay(item: Segmented, opacity: float) -> np.ndarray:
     """The overlay of :func:`polypseg.inference.overlay` with each counted polyp's box drawn on it."""
     picture = Image.fromarray(overlay(item.image, item.prediction.class_map, opacity))
@@ -157,13 +284,63 @@ def render_overlay(item: Segmented, opacity: float) -> np.ndarray:
     return np.asarray(picture)
 
 
-def _class_map_image(prediction: Prediction) -> np.ndarray:
-    return np.asarray(CLASS_PALETTE, dtype=np.uint8)[prediction.class_map]
+def _display_scale(image: np.ndarray, max_side: int) -> float:
+    return min(1.0, max_side / max(image.shape[:2]))
 
 
-def _caption(item: Segmented) -> str:
-    count = len(item.prediction.polyps)
-    return f"{item.name}: polyp {item.prediction.polyp_area_percent:.1f}%, {count} polyp{'s' if count != 1 else ''}"
+def _resized(array: np.ndarray, scale: float, resample: Image.Resampling) -> np.ndarray:
+    if scale >= 1.0:
+        return array
+    height, width = array.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(array).resize(size, resample))
+
+
+def annotated_view(
+    item: Segmented, opacity: float, show: Sequence[str] = LAYERS, max_side: int = DISPLAY_MAX_SIDE
+) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
+    """The value of the page's ``gr.AnnotatedImage``: the image and one layer per shown class.
+
+    Args:
+        item: A segmented image (its ``prediction.polyps`` are the boxed, counted polyps).
+        opacity: Alpha of the polyp layer (the boundary and the boxes are solid).
+        show: Names of the layers to include (of :data:`LAYERS`).
+        max_side: Images with a longer side are shown scaled down (aspect ratio kept).
+
+    Returns:
+        The (possibly scaled) RGB image and ``(alpha mask in [0, 1], layer name)`` pairs of its size.
+    """
+    scale = _display_scale(item.image, max_side)
+    image = _resized(item.image, scale, Image.Resampling.BILINEAR)
+    classes = _resized(item.prediction.class_map, scale, Image.Resampling.NEAREST)
+    layers: list[tuple[np.ndarray, str]] = []
+    if "polyp" in show:
+        layers.append(((classes == POLYP) * float(opacity), "polyp"))
+    if "boundary" in show:
+        layers.append(((classes == BOUNDARY).astype(np.float64), "boundary"))
+    if "counted polyp box" in show:
+        boxes = Image.new("L", (image.shape[1], image.shape[0]))
+        draw = ImageDraw.Draw(boxes)
+        line = max(2, round(max(boxes.size) / 250))
+        for region in item.prediction.polyps:
+            x_min, y_min, x_max, y_max = (round(value * scale) for value in region.box)
+            draw.rectangle((x_min, y_min, max(x_min, x_max - 1), max(y_min, y_max - 1)), outline=255, width=line)
+        layers.append((np.asarray(boxes) / 255.0, "counted polyp box"))
+    return image, layers
+
+
+def _thumbnail(item: Segmented, opacity: float) -> np.ndarray:
+    scale = _display_scale(item.image, THUMBNAIL_SIDE)
+    image = _resized(item.image, scale, Image.Resampling.BILINEAR)
+    classes = _resized(item.prediction.class_map, scale, Image.Resampling.NEAREST)
+    return overlay(image, classes, opacity)
+
+
+def _class_map_image(prediction: Prediction) -> Image.Image:
+    classes = Image.fromarray(prediction.class_map, mode="P")
+    palette = [value for colour in CLASS_PALETTE for value in colour]
+    classes.putpalette(palette + [0] * (768 - len(palette)))
+    return classes
 
 
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
@@ -182,6 +359,21 @@ def escape_markdown(text: str) -> str:
     """
     printable = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", printable)
+
+
+def _polyp_count(count: int) -> str:
+    return f"{count} polyp{'s' if count != 1 else ''}"
+
+
+def result_caption(item: Segmented, min_area_percent: float, index: int = 0, total: int = 1) -> str:
+    """One line of Markdown under the shown image: its name, size, polyp area and count."""
+    height, width = item.image.shape[:2]
+    position = f"Image {index + 1} of {total}: " if total > 1 else ""
+    return (
+        f"{position}**{escape_markdown(item.name)}** ({width} x {height} px): polyp area "
+        f"**{item.prediction.polyp_area_percent:.1f} %** of the frame, **{_polyp_count(len(item.prediction.polyps))}** "
+        f"counted (regions of at least {min_area_percent:g} % of the frame)"
+    )
 
 
 def summary_markdown(items: Sequence[Segmented], errors: Sequence[str] = ()) -> str:
@@ -208,14 +400,62 @@ def summary_markdown(items: Sequence[Segmented], errors: Sequence[str] = ()) -> 
     return "\n".join(lines)
 
 
-def _write_masks(items: Sequence[Segmented], folder: Path) -> list[str]:
-    paths = []
-    for item in items:
-        path = folder / item.mask_name
-        mask = Image.fromarray(item.prediction.polyp_mask.astype(np.uint8) * 255)
-        atomic_save(path, lambda temporary, mask=mask: mask.save(temporary, format="PNG"))
-        paths.append(str(path))
-    return paths
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def write_results_zip(items: Sequence[Segmented], path: str | Path, opacity: float = DEFAULT_OPACITY) -> Path:
+    """One zip of every output, as ``polypseg predict`` names them, with the boxes drawn on the overlays.
+
+    Per image: ``STEM_mask.png`` (binary polyp mask, 0/255), ``STEM_classes.png`` (palette class map) and
+    ``STEM_overlay.jpg`` (:func:`render_overlay` at ``opacity``); and ``predictions.csv`` with a row per
+    image in the columns of ``polypseg predict`` (``file`` is the uploaded name). Written atomically.
+    """
+    rows = io.StringIO()
+    table = csv.DictWriter(rows, fieldnames=CSV_COLUMNS)
+    table.writeheader()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for item in items:
+            height, width = item.image.shape[:2]
+            archive.writestr(
+                f"{item.stem}_mask.png", _png(Image.fromarray(item.prediction.polyp_mask.astype(np.uint8) * 255))
+            )
+            archive.writestr(f"{item.stem}_classes.png", _png(_class_map_image(item.prediction)))
+            picture = io.BytesIO()
+            Image.fromarray(render_overlay(item, opacity)).save(picture, format="JPEG", quality=JPEG_QUALITY)
+            archive.writestr(f"{item.stem}_overlay.jpg", picture.getvalue())
+            table.writerow(
+                {
+                    "file": item.name,
+                    "width": width,
+                    "height": height,
+                    "polyp_area_percent": round(item.prediction.polyp_area_percent, 3),
+                    "polyps": len(item.prediction.polyps),
+                    "boxes": json.dumps([list(region.box) for region in item.prediction.polyps]),
+                }
+            )
+        archive.writestr("predictions.csv", rows.getvalue())
+    path = Path(path)
+    atomic_save(path, lambda temporary: Path(temporary).write_bytes(buffer.getvalue()))
+    return path
+
+
+def example_list(examples: Sequence[Path] | None = None) -> list[tuple[Path, str]]:
+    """Example images and their one-line descriptions, in the order the page shows them.
+
+    Args:
+        examples: Image files (default: the bundled examples, described by :data:`EXAMPLE_DESCRIPTIONS`,
+            in its order). Files without a description are described by their name.
+    """
+    if examples is None:
+        folder = bundled_examples_dir()
+        found = {p.name: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        ordered = [found[name] for name in EXAMPLE_DESCRIPTIONS if name in found]
+        examples = ordered + sorted(p for name, p in found.items() if name not in EXAMPLE_DESCRIPTIONS)
+    return [(Path(path), EXAMPLE_DESCRIPTIONS.get(Path(path).name, Path(path).name)) for path in examples]
 
 
 def _import_gradio() -> Any:
@@ -231,93 +471,217 @@ def build_demo(
     examples: Sequence[Path] | None = None,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    tta: bool | None = None,
 ) -> "gr.Blocks":
     """The Gradio page around a loaded predictor (not launched), with its queue.
 
-    Segmenting (an upload or an example click) runs for one request at a time, in Gradio's queue of at
-    most ``queue_size`` waiting requests; re-rendering overlays for the opacity slider runs beside it.
+    Segmenting (an upload, an example click, the TTA toggle) runs for one request at a time, in Gradio's
+    queue of at most ``queue_size`` waiting requests; re-rendering for the opacity, minimum-area and
+    layer controls runs beside it without the network. :func:`serve` adds :data:`PAGE_CSS` and
+    :data:`PAGE_HEAD` at launch.
 
     Args:
-        predictor: The loaded model, shared by every request.
-        examples: Example images offered for one click (default: the bundled examples).
+        predictor: The loaded model, shared by every request; its ``min_polyp_fraction`` is the page's
+            default minimum polyp area.
+        examples: Example images offered for one click (default: the bundled examples, described).
         max_megapixels: Larger uploaded images are refused (one line in the page) before decoding.
         queue_size: Requests that may wait; further ones are refused with "queue is full".
+        tta: Default of the page's TTA control (default: the predictor's ``tta``).
     """
     gr = _import_gradio()
 
-    if examples is None:
-        examples = sorted(p for p in bundled_examples_dir().iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    examples = list(examples)
-    # Masks offered for download; Gradio copies them into its own cache, this folder goes at exit.
-    mask_root = tempfile.TemporaryDirectory(prefix="polypseg-demo-")
-
+    described = example_list(examples)
+    # Two views of one loaded network: every region is kept (the page applies the minimum area itself),
+    # with and without flip TTA.
+    plain = copy.copy(predictor)
+    plain.min_polyp_fraction, plain.tta = 0.0, False
+    flipped = copy.copy(plain)
+    flipped.tta = True
+    default_min_area = round(100.0 * predictor.min_polyp_fraction, 3)
+    # Zips offered for download; Gradio copies them into its own cache, this folder goes at exit.
+    zip_root = tempfile.TemporaryDirectory(prefix="polypseg-demo-")
     max_pixels = int(max_megapixels * 1_000_000)
 
-    def run(paths: Sequence[str], opacity: float) -> tuple[Any, ...]:
-        items, errors = segment_paths(predictor, paths, max_pixels=max_pixels, max_images=MAX_IMAGES_PER_REQUEST)
-        masks = _write_masks(items, Path(tempfile.mkdtemp(dir=mask_root.name))) if items else None
+    def cleared() -> tuple[Any, ...]:
         return (
-            [(render_overlay(item, opacity), _caption(item)) for item in items],
-            [(_class_map_image(item.prediction), item.name) for item in items],
-            summary_markdown(items, errors),
-            masks,
-            items,
+            None,
+            "",
+            gr.update(value=None, visible=False),
+            summary_markdown([]),
+            gr.update(value=None, visible=False),
+            [],
+            0,
         )
 
-    def on_upload(files: list[str] | None, opacity: float) -> tuple[Any, ...]:
-        return run(files or [], opacity)
+    def present(
+        kept: list[Segmented], errors: Sequence[str], opacity: float, min_area: float, show: list[str], selected: int
+    ) -> tuple[Any, ...]:
+        """Every output for kept results: main view, caption, picker, table, zip, state."""
+        if not kept:
+            cleared_outputs = cleared()
+            return (*cleared_outputs[:3], summary_markdown([], errors), *cleared_outputs[4:])
+        items = [with_min_area(item, min_area) for item in kept]
+        selected = min(max(selected, 0), len(items) - 1)
+        archive = write_results_zip(items, Path(tempfile.mkdtemp(dir=zip_root.name)) / ZIP_NAME, opacity)
+        return (
+            annotated_view(items[selected], opacity, show),
+            result_caption(items[selected], min_area, selected, len(items)),
+            gr.update(value=[_thumbnail(item, opacity) for item in items], visible=len(items) > 1),
+            summary_markdown(items, errors),
+            gr.update(value=str(archive), visible=True),
+            kept,
+            selected,
+        )
 
-    def on_example(opacity: float, event: gr.SelectData) -> tuple[Any, ...]:
-        return run([str(examples[event.index])], opacity)
+    def segment(paths: Sequence[str], opacity: float, min_area: float, use_tta: bool, show: list[str]) -> tuple:
+        kept, errors = segment_paths(
+            flipped if use_tta else plain, paths, max_pixels=max_pixels, max_images=MAX_IMAGES_PER_REQUEST
+        )
+        return present(kept, errors, opacity, min_area, show, 0)
 
-    def on_opacity(items: list[Segmented], opacity: float) -> list[tuple[np.ndarray, str]]:
-        return [(render_overlay(item, opacity), _caption(item)) for item in items]
+    def on_upload(files: list[str] | None, opacity: float, min_area: float, use_tta: bool, show: list[str]) -> tuple:
+        return segment(files or [], opacity, min_area, use_tta, show)
+
+    def on_example(index: int, opacity: float, min_area: float, use_tta: bool, show: list[str]) -> tuple:
+        return (None, *segment([str(described[index][0])], opacity, min_area, use_tta, show))
+
+    def on_tta(kept: list[Segmented], opacity: float, min_area: float, use_tta: bool, show: list[str], selected: int):
+        images = [item.image for item in kept]
+        predictions = (flipped if use_tta else plain).predict_batch(images) if images else []
+        again = [replace(item, prediction=prediction) for item, prediction in zip(kept, predictions, strict=True)]
+        return present(again, [], opacity, min_area, show, selected)
+
+    def on_settings(kept: list[Segmented], opacity: float, min_area: float, show: list[str], selected: int):
+        return present(kept, [], opacity, min_area, show, selected)[:5]
+
+    def on_show(kept: list[Segmented], opacity: float, min_area: float, show: list[str], selected: int) -> Any:
+        if not kept:
+            return None
+        return annotated_view(with_min_area(kept[min(selected, len(kept) - 1)], min_area), opacity, show)
+
+    def on_pick(kept: list[Segmented], opacity: float, min_area: float, show: list[str], event: gr.SelectData):
+        if not kept:
+            return None, "", 0
+        index = min(int(event.index), len(kept) - 1)
+        item = with_min_area(kept[index], min_area)
+        return annotated_view(item, opacity, show), result_caption(item, min_area, index, len(kept)), index
 
     # Uploads and outputs older than a day leave Gradio's cache (checked hourly), so disk use stays bounded.
-    with gr.Blocks(title="polypseg demo", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+    with gr.Blocks(title="polypseg: polyp segmentation", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(
             "# polypseg: polyp segmentation\n"
-            "Green: polyp, yellow: its boundary, cyan: boxes of counted polyps. "
-            "**Research use only; not a medical device, not for diagnosis.**"
+            "Upload colonoscopy images or click an example below. "
+            "**Research use only; not a medical device, not for diagnosis.**",
+            elem_id="header",
         )
-        with gr.Row():
-            with gr.Column(scale=1):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=320):
                 files = gr.File(
-                    label="Images", file_count="multiple", file_types=list(IMAGE_SUFFIXES), elem_id="inputs"
+                    label="Images (JPEG, PNG, ...; several at once)",
+                    file_count="multiple",
+                    file_types=list(IMAGE_SUFFIXES),
+                    height=120,
+                    elem_id="inputs",
                 )
-                example_gallery = gr.Gallery(
-                    value=[(str(path), path.name) for path in examples],
-                    label="Examples (click one)",
-                    columns=5,
-                    height=140,
+                gr.HTML('<p class="upload-refused" role="alert"></p>', elem_id="upload-note", padding=False)
+                # JPEG: the shown photo is encoded per request, and JPEG costs a third less CPU than WebP.
+                main = gr.AnnotatedImage(
+                    label="Result (hover over the legend to show one layer)",
+                    color_map=LAYER_COLOURS,
+                    format="jpeg",
+                    elem_id="main-result",
+                )
+                caption = gr.Markdown("", latex_delimiters=[], elem_id="caption")
+                picker = gr.Gallery(
+                    label="All results (click one to show it above)",
+                    columns=6,
+                    fit_columns=False,
+                    object_fit="contain",
                     allow_preview=False,
                     interactive=False,
+                    visible=False,
+                    format="webp",
+                    elem_id="picker",
+                )
+                summary = gr.Markdown(summary_markdown([]), latex_delimiters=[], elem_id="summary")
+                download = gr.File(
+                    label="All outputs (zip): masks, class maps, overlays, predictions.csv",
+                    interactive=False,
+                    visible=False,
+                    elem_id="download",
+                )
+            with gr.Column(scale=2, min_width=300):
+                example_table = gr.Dataset(
+                    label="Examples (click one): Kvasir-SEG test images by the model's Dice percentile",
+                    components=["image", "textbox"],
+                    headers=["image", "what it shows"],
+                    samples=[[str(path), text] for path, text in described],
+                    type="index",
+                    layout="table",
+                    samples_per_page=max(10, len(described)),
                     elem_id="examples",
                 )
-                opacity = gr.Slider(
-                    0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Overlay opacity", elem_id="opacity"
-                )
-                masks = gr.File(label="Binary masks (PNG)", file_count="multiple", interactive=False, elem_id="masks")
-            with gr.Column(scale=2):
-                summary = gr.Markdown(summary_markdown([]), latex_delimiters=[], elem_id="summary")
-                overlays = gr.Gallery(label="Overlay", format="png", columns=2, height=420, elem_id="overlays")
-                class_maps = gr.Gallery(
-                    label="Class map (black background, green polyp, yellow boundary)",
-                    format="png",
-                    columns=2,
-                    height=420,
-                    elem_id="class-maps",
-                )
+                with gr.Group():
+                    show = gr.CheckboxGroup(list(LAYERS), value=list(LAYERS), label="Show", elem_id="show")
+                    opacity = gr.Slider(
+                        0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Polyp layer opacity", elem_id="opacity"
+                    )
+                    min_area = gr.Slider(
+                        0.0,
+                        MAX_MIN_AREA_PERCENT,
+                        value=default_min_area,
+                        step=0.05,
+                        label="Minimum polyp area (% of the frame) to count a polyp",
+                        elem_id="min-area",
+                    )
+                    use_tta = gr.Checkbox(
+                        value=predictor.tta if tta is None else tta,
+                        label="Flip TTA: average over the image's flips (4x slower)",
+                        elem_id="tta",
+                    )
+                gr.Markdown(HOW_TO_READ, latex_delimiters=[], elem_id="how-to-read")
+        clear_button = gr.Button("Clear results", visible="hidden", elem_id="clear-results")
         kept = gr.State([])
-        outputs = [overlays, class_maps, summary, masks, kept]
+        selected = gr.State(0)
+
+        results = [main, caption, picker, summary, download, kept, selected]
+        settings = [opacity, min_area, use_tta, show]
         # One network pass at a time: a forward pass already uses every core, and parallel ones would
-        # multiply the memory of full-resolution logits.
+        # multiply the memory of full-resolution logits. Re-rendering runs beside it, two at a time.
         network = {"concurrency_limit": 1, "concurrency_id": "network"}
-        files.upload(on_upload, [files, opacity], outputs, api_name="segment", **network)
-        example_gallery.select(on_example, [opacity], outputs, api_name="example", **network)
-        opacity.change(on_opacity, [kept, opacity], overlays, api_name="opacity", trigger_mode="always_last")
+        redraw = {"concurrency_limit": 2, "concurrency_id": "redraw", "trigger_mode": "always_last"}
+        internal = {"api_visibility": "undocumented"}
+        files.upload(on_upload, [files, *settings], results, api_name="segment", **network)
+        files.delete(on_upload, [files, *settings], results, api_name="segment_remaining", **internal, **network)
+        example_table.click(
+            on_example,
+            [example_table, *settings],
+            [files, *results],
+            api_name="example",
+            scroll_to_output=True,
+            **network,
+        )
+        use_tta.input(
+            on_tta, [kept, *settings, selected], results, api_name="tta", trigger_mode="always_last", **network
+        )
+        for control in (opacity, min_area):
+            control.change(
+                on_settings,
+                [kept, opacity, min_area, show, selected],
+                results[:5],
+                api_name="redraw",
+                **internal,
+                **redraw,
+            )
+        show.input(on_show, [kept, opacity, min_area, show, selected], main, api_name="show", **internal, **redraw)
+        picker.select(
+            on_pick, [kept, opacity, min_area, show], [main, caption, selected], api_name="pick", **internal, **redraw
+        )
+        # Clearing runs outside the queue: it must land before the next upload's results, never after.
+        files.clear(cleared, None, results, api_name="clear", queue=False, **internal)
+        clear_button.click(cleared, None, results, api_name="clear_for_upload", queue=False, **internal)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
-    demo._polypseg_mask_root = mask_root  # type: ignore[attr-defined]  # lives as long as the page
+    demo._polypseg_zip_root = zip_root  # type: ignore[attr-defined]  # lives as long as the page
     return demo
 
 
@@ -345,6 +709,7 @@ def serve(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    tta: bool = False,
 ) -> "gr.Blocks":
     """Load the model once and serve the page on ``http://host:port``.
 
@@ -358,6 +723,7 @@ def serve(
         max_upload_mb: Largest upload per file, in MB (2**20 bytes); Gradio refuses larger ones.
         max_megapixels: Largest image segmented, in millions of pixels (the CLI's 100 caps it too).
         queue_size: Requests that may wait for the network.
+        tta: Default of the page's flip-TTA control.
 
     Returns:
         The launched :class:`gradio.Blocks`.
@@ -376,7 +742,7 @@ def serve(
     if warning is not None:
         print(warning, file=sys.stderr)
     predictor = Predictor.from_pretrained(weights, precision=precision)
-    demo = build_demo(predictor, max_megapixels=max_megapixels, queue_size=queue_size)
+    demo = build_demo(predictor, max_megapixels=max_megapixels, queue_size=queue_size, tta=tta)
     demo.launch(
         server_name=host,
         server_port=port,
@@ -386,5 +752,7 @@ def serve(
         quiet=not block,
         allowed_paths=[str(bundled_examples_dir())],
         max_file_size=int(max_upload_mb * 2**20),
+        css=PAGE_CSS,
+        head=PAGE_HEAD,
     )
     return demo
