@@ -96,14 +96,14 @@ LAYER_COLOURS = {
 ZIP_NAME = "polypseg-results.zip"
 
 #: One line per bundled example, in the order shown: the Kvasir-SEG test images at the 10th, 30th, 50th,
-#: 70th and 90th percentile of the first bundled model's per-image polyp Dice (0.00, 0.47, 0.72, 0.84, 0.90;
-#: it missed the first one, today's model finds it).
+#: 70th and 90th percentile of the bundled model's per-image polyp Dice (0.55, 0.80, 0.92, 0.95, 0.97 at
+#: 256x256; scripts/bundle_model.py picks them).
 EXAMPLE_DESCRIPTIONS = {
-    "cju887ftknop008177nnjt46y.jpg": "Small flat polyp, hard to see (10th percentile)",
-    "cju1euuc65wm00799m4sjdnnn.jpg": "Small round polyp, specks near it marked (30th percentile)",
-    "cju8clorgsuwn08714toqb7v6.jpg": "Large irregular polyp at the lower left (50th percentile)",
-    "cju35fxqyzt5p0993vusm54qz.jpg": "Large polyp on a fold, black corner box (70th percentile)",
-    "cju34ouumcznz07996gg1xq7v.jpg": "Large smooth polyp in the middle (90th percentile)",
+    "cju1egh885m1l0855ci1lt37c.jpg": "Small pale polyp at the lower left edge (10th percentile)",
+    "cju16jgnyzp970878melv7r25.jpg": "Polyp in bright red light, lower right (30th percentile)",
+    "cju892fesoq2g0801n0e0jyia.jpg": "Large smooth polyp filling the top half (50th percentile)",
+    "cju2txjfzv60w098839dcimys.jpg": "Reddish polyp on a fold, left of centre (70th percentile)",
+    "cju7dsrtb2f8i085064kwugfk.jpg": "Pale polyp beside the dark lumen (90th percentile)",
 }
 #: Gradio's example table cuts longer descriptions.
 MAX_DESCRIPTION_CHARS = 60
