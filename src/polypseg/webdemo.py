@@ -435,6 +435,7 @@ def write_results_zip(items: Sequence[Segmented], path: str | Path, opacity: flo
                     "polyp_area_percent": round(item.prediction.polyp_area_percent, 3),
                     "polyps": len(item.prediction.polyps),
                     "boxes": json.dumps([list(region.box) for region in item.prediction.polyps]),
+                    "stem": item.stem,
                 }
             )
         archive.writestr("predictions.csv", rows.getvalue())
