@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from types import SimpleNamespace
@@ -13,27 +12,7 @@ from safetensors.torch import load_file
 
 from polypseg.config import TrainConfig, load_config, parse_duration
 from polypseg.training import SegmentationModule, _ema_average, one_cycle_factor, train
-
-
-def tiny_config(**overrides: object) -> TrainConfig:
-    base = TrainConfig(
-        base_channels=4,
-        image_size=64,
-        split_sizes=[8, 2, 2],
-        batch_size=4,
-        epochs=2,
-        lr=3e-3,
-        precision="32",
-        accelerator="cpu",
-        devices=1,
-        log_every_n_steps=1,
-    )
-    return base.updated(**overrides)
-
-
-def read_rows(path):
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+from test_training import read_rows, tiny_config  # the tiny run settings shared by the training tests
 
 
 @pytest.mark.parametrize(
@@ -82,7 +61,7 @@ def test_ema_average_follows_the_formula_with_warm_up():
 
 
 def test_validation_and_best_use_the_ema_weights():
-    module = SegmentationModule(tiny_config(ema_decay=0.9).to_dict())
+    module = SegmentationModule(tiny_config(ema_decay=0.9, scheduler="onecycle").to_dict())
     assert module.eval_model is module.ema.module
     assert all(
         not p.requires_grad or p is not q
