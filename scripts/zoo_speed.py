@@ -4,7 +4,7 @@ import json
 import sys
 import tempfile
 
-from polypseg.benchmark import BenchmarkCase, _row, _run_case
+from polypseg.apps.benchmark import BenchmarkCase, _row, _run_case
 from polypseg.model import UNet
 
 

@@ -152,7 +152,7 @@ def partial_polyp_weights() -> Callable[..., Path]:
     """
 
     def make(image: np.ndarray, folder: Path, polyp_share: float = 0.3) -> Path:
-        from polypseg.data import resize_image
+        from polypseg.images import resize_image
         from polypseg.model import UNet
         from polypseg.weights import save_pretrained
 

@@ -84,7 +84,7 @@ def main() -> int:
 
         os.replace = replace_then_die
 
-    from polypseg.cli import main as cli_main
+    from polypseg.apps.cli import main as cli_main
 
     return cli_main(cli_args)
 

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from polypseg import export
-from polypseg.backends import SMALL_MODEL_CHANNELS, BackendChoice, TorchBackend, choose_backend
-from polypseg.cli import _throughput, main
-from polypseg.export import CachedExport, plan_auto_backend
+from polypseg.apps.cli import _throughput, main
+from polypseg.deploy import runtime as export
+from polypseg.deploy.backends import SMALL_MODEL_CHANNELS, BackendChoice, TorchBackend, choose_backend
+from polypseg.deploy.runtime import CachedExport, plan_auto_backend
 from polypseg.hardware import NATIVE_BF16_ENV
+from polypseg.inference import predictor as predictor_module
 from polypseg.weights import save_pretrained
 
 ALL = ["onnxruntime", "openvino", "torch"]
@@ -147,7 +148,7 @@ def test_predict_reports_the_first_export_apart_from_the_speed(
         loaded.auto_choice = BackendChoice("onnxruntime", "32", "CPU has no native bf16")
         return loaded
 
-    monkeypatch.setattr(export, "load_backend", fake_load_backend)
+    monkeypatch.setattr(predictor_module, "load_backend", fake_load_backend)
     image = write_image(tmp_path / "a.jpg", size=(70, 50))
     assert (
         main(

@@ -24,11 +24,12 @@ import pytest
 import torch
 from PIL import Image
 
+from polypseg.apps.cli import main
 from polypseg.classes import mask_to_classes
-from polypseg.cli import main
 from polypseg.data import DatasetError, find_pairs, load_pairs
+from polypseg.errors import InputError
+from polypseg.images import read_image, read_mask
 from polypseg.inference import Predictor, expand_inputs, predict_files
-from polypseg.io import InputError, read_image, read_mask
 from polypseg.weights import WeightsError, load_pretrained, read_model_config, save_pretrained
 
 
@@ -401,7 +402,7 @@ def test_evaluate_with_a_huge_boundary_width_fails_at_once(tiny_unet, synthetic_
 
 def test_tensor_shapes_are_checked_before_the_model_is_built(tiny_unet, tmp_path, monkeypatch):
     """config.json says width 256 (a 2 GB model) next to width-8 tensors: refused from the file's header."""
-    from polypseg import weights as weights_module
+    from polypseg.weights import format as weights_module
 
     folder = save_pretrained(tiny_unet, tmp_path / "weights")
     config = json.loads((folder / "config.json").read_text())

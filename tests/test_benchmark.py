@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from polypseg import benchmark
-from polypseg.backends import BackendChoice
-from polypseg.benchmark import BenchmarkCase, BenchmarkResult
+from polypseg.apps import benchmark
+from polypseg.apps.benchmark import BenchmarkCase, BenchmarkResult
+from polypseg.deploy.backends import BackendChoice
 
 
 def test_full_plan_compiles_beside_eager_and_quick_does_not():
@@ -93,7 +93,7 @@ def test_json_and_header_record_the_cpu_flags(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("flag", ["1", "0"])
 def test_table_marks_auto_and_says_whether_it_is_within_10_percent(monkeypatch, flag):
-    monkeypatch.setattr("polypseg.backends.installed_backends", lambda: list(ALL))
+    monkeypatch.setattr("polypseg.apps.benchmark.installed_backends", lambda: list(ALL))
     monkeypatch.setenv("POLYPSEG_NATIVE_BF16", flag)
     results = fake_results(MEASURED_BF16_CPU)
     table = benchmark.format_results(results)
@@ -139,12 +139,11 @@ def test_predict_inputs_are_distinct_files(tmp_path, write_image):
 
 def test_predict_case_divides_by_the_images_it_wrote(tmp_path, monkeypatch, write_image):
     """The old case passed 20 paths (5 files x 4), predict_files segmented 5 and the rate was divided by 20."""
-    import polypseg.weights
     from polypseg.model import UNet
 
     inputs = [write_image(tmp_path / "in" / f"{index}.jpg", size=(40, 30), seed=index) for index in range(3)]
     monkeypatch.setattr(benchmark, "predict_inputs", lambda folder: [*inputs, inputs[0], inputs[1]])  # 5 paths, 3 files
-    monkeypatch.setattr(polypseg.weights, "load_pretrained", lambda weights=None: UNet(base_channels=4).eval())
+    monkeypatch.setattr(benchmark, "load_pretrained", lambda weights=None: UNet(base_channels=4).eval())
     monkeypatch.setattr(benchmark.torch, "set_num_threads", lambda threads: None)  # keep the suite's thread count
     result = benchmark._run_case(BenchmarkCase("predict", "torch", "32", 4, 2), str(tmp_path / "work"), 0.0, False)
     assert result.error is None, result.error

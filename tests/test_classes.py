@@ -11,8 +11,7 @@ from polypseg.classes import (
     classes_to_mask,
     mask_to_classes,
 )
-from polypseg.data import resize_mask
-from polypseg.io import read_mask
+from polypseg.images import read_mask, resize_mask
 
 
 def _square_mask(size: int = 11, start: int = 2, stop: int = 9) -> np.ndarray:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from polypseg.cli import main
+from polypseg.apps.cli import main
 from polypseg.weights import save_pretrained
 
 

@@ -15,10 +15,9 @@ from polypseg.data import (
     load_splits,
     make_splits,
     parse_split_sizes,
-    resize_image,
-    resize_mask,
     save_splits,
 )
+from polypseg.images import resize_image, resize_mask
 
 FAKE_NAMES = [f"img{i:04d}" for i in range(1000)]
 
@@ -198,7 +197,7 @@ def test_load_pairs_shapes_and_dtypes(synthetic_dataset):
 def test_load_pairs_keeps_size_when_already_right(synthetic_dataset):
     root = synthetic_dataset(sizes=[(64, 64)], mask_suffix=".png")
     pairs = load_pairs(find_pairs(root), image_size=64, workers=1)
-    from polypseg.io import read_image, read_mask
+    from polypseg.images import read_image, read_mask
 
     np.testing.assert_array_equal(pairs.images[0].permute(1, 2, 0).numpy(), read_image(root / "images/sample_000.jpg"))
     np.testing.assert_array_equal(pairs.masks[0].numpy(), read_mask(root / "masks/sample_000.png") >= 128)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polypseg.cli import main
+from polypseg.apps.cli import main
+from polypseg.apps.download import download_kvasir_seg, safe_extract
 from polypseg.data import find_pairs
-from polypseg.download import download_kvasir_seg, safe_extract
 
 NAMES = ("cju0a", "cju0b", "cju0c")
 

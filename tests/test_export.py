@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from polypseg.backends import OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, installed_backends
-from polypseg.export import INT8_OPTIONS, export_model, images_for, quantize_int8
+from polypseg.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, installed_backends
+from polypseg.deploy.export import INT8_OPTIONS, export_model, quantize_int8
+from polypseg.evaluation.parity import export_parity
+from polypseg.images import network_input, read_image
 from polypseg.weights import load_pretrained, save_pretrained
 
 pytest.importorskip("onnxruntime")
@@ -32,7 +34,8 @@ def exported(tmp_path_factory):
         path = root / f"image_{i}.png"
         Image.fromarray(rng.integers(0, 256, (50 + 10 * i, 70, 3), dtype=np.uint8)).save(path)
         images.append(path)
-    report = export_model(weights, "openvino", root / "out", parity_images=images, calibration_images=images)
+    report = export_model(weights, "openvino", root / "out", calibration_images=images)
+    report.parity = export_parity(weights, root / "out", "openvino", images, int8=True)
     return weights, root / "out", images, report
 
 
@@ -101,9 +104,9 @@ def test_unknown_format(tmp_path):
         export_model(None, "tflite", tmp_path)
 
 
-def test_images_for_matches_training_resize(write_image, tmp_path):
+def test_network_input_matches_training_resize(write_image, tmp_path):
     path = write_image(tmp_path / "a.jpg", size=(70, 50))
-    batch = images_for([path], 64)
+    batch = network_input([read_image(path)], 64)
     assert batch.shape == (1, 3, 64, 64) and batch.dtype == np.float32
     assert 0.0 <= batch.min() and batch.max() <= 1.0
 
@@ -125,7 +128,7 @@ def test_installed_backends_lists_torch_last():
 
 @pytest.mark.slow
 def test_benchmark_measures_side_by_side(tmp_path, monkeypatch):
-    from polypseg import benchmark
+    from polypseg.apps import benchmark
 
     cases = [
         benchmark.BenchmarkCase("infer", "torch", "32", 4, 1, channels_last=False),
@@ -151,8 +154,8 @@ def test_benchmark_measures_side_by_side(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_predictor_on_exported_backends_matches_torch(exported):
+    from polypseg.images import read_image
     from polypseg.inference import Predictor
-    from polypseg.io import read_image
 
     weights, out, images, _ = exported
     arrays = [read_image(path) for path in images]
@@ -166,7 +169,7 @@ def test_predictor_on_exported_backends_matches_torch(exported):
 
 @pytest.mark.slow
 def test_load_backend_exports_once_and_caches(exported, tmp_path, monkeypatch):
-    from polypseg.export import export_cache_dir, load_backend
+    from polypseg.deploy.runtime import export_cache_dir, load_backend
 
     weights, _, _, _ = exported
     monkeypatch.setenv("POLYPSEG_CACHE", str(tmp_path / "cache"))
@@ -190,7 +193,7 @@ def test_load_backend_exports_once_and_caches(exported, tmp_path, monkeypatch):
 
 
 def test_load_backend_refuses_what_it_cannot_do(tmp_path, tiny_unet):
-    from polypseg.export import load_backend
+    from polypseg.deploy.runtime import load_backend
 
     weights = save_pretrained(tiny_unet, tmp_path / "w")
     with pytest.raises(ValueError, match="int8"):
@@ -205,7 +208,7 @@ def test_load_backend_refuses_what_it_cannot_do(tmp_path, tiny_unet):
 
 @pytest.mark.slow
 def test_cli_export_and_predict_with_a_backend(exported, tmp_path, capsys):
-    from polypseg.cli import main
+    from polypseg.apps.cli import main
 
     weights, _, images, _ = exported
     out = tmp_path / "onnx"

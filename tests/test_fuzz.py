@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 from PIL import Image
 
-import polypseg.io
+import polypseg.images
 from polypseg.classes import BOUNDARY, POLYP, classes_to_mask, mask_to_classes
-from polypseg.data import resize_mask
-from polypseg.io import InputError, read_image, read_mask
+from polypseg.errors import InputError
+from polypseg.images import read_image, read_mask, resize_mask
 
 FUZZ = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 
@@ -75,7 +75,7 @@ def _check_readers(path: Path, content: bytes) -> None:
     path.write_bytes(content)
     # A small pixel limit keeps damaged headers that claim huge sizes from allocating much memory.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(polypseg.io, "MAX_IMAGE_PIXELS", 4_000_000)
+        patch.setattr(polypseg.images, "MAX_IMAGE_PIXELS", 4_000_000)
         patch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000_000)
         for reader, channels in ((read_image, (3,)), (read_mask, ())):
             try:

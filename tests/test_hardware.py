@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from polypseg.backends import TorchBackend
-from polypseg.cli import main
+from polypseg.apps.cli import main
 from polypseg.config import TrainConfig
+from polypseg.deploy.backends import TorchBackend
 from polypseg.hardware import NATIVE_BF16_ENV, cpu_flags, cpu_supports_bf16, resolve_precision
 from polypseg.inference import Predictor
 from polypseg.training import train
@@ -106,7 +106,8 @@ def test_auto_predictor_and_demo(native, set_native, tiny_unet, tmp_path, capsys
 @BOTH
 def test_auto_openvino_precision(native, set_native, tiny_unet, tmp_path):
     pytest.importorskip("openvino")
-    from polypseg.export import export_model, load_backend
+    from polypseg.deploy.export import export_model
+    from polypseg.deploy.runtime import load_backend
 
     set_native(native)
     weights = save_pretrained(tiny_unet, tmp_path / "weights", metadata={"input_size": [64, 64]})

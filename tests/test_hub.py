@@ -28,10 +28,10 @@ import yaml
 from huggingface_hub import constants
 
 import polypseg
-from polypseg import hub
-from polypseg.cli import main
-from polypseg.hub import parse_hub_reference, push_to_hub
-from polypseg.weights import WeightsError, load_pretrained, read_model_config, resolve_weights, save_pretrained
+from polypseg.apps.cli import main
+from polypseg.publish.push import push_to_hub
+from polypseg.weights import WeightsError, hub, load_pretrained, read_model_config, resolve_weights, save_pretrained
+from polypseg.weights.hub import parse_hub_reference
 
 OWNER_REPO = "someone/polyp-unet"
 

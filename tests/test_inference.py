@@ -162,7 +162,7 @@ def test_bundled_model_segments_the_examples(real_subset):
     (docs/bundled-test/per_image.csv, at 256x256: 0.55, 0.80, 0.92, 0.95, 0.97 when the model was made),
     so the weakest is well below the others by construction.
     """
-    from polypseg.io import read_image, read_mask
+    from polypseg.images import read_image, read_mask
     from polypseg.metrics import binary_image_scores
     from polypseg.weights import bundled_examples_dir, read_model_config
 
@@ -201,7 +201,7 @@ def test_overlay_format_png_or_none(tiny_unet, synthetic_dataset, tmp_path, over
 
 
 def test_fast_class_argmax_equals_argmax_with_ties():
-    from polypseg.inference import _argmax3
+    from polypseg.inference.predictor import _argmax3
 
     logits = torch.randn(3, 97, 131)
     logits[:, :10] = torch.randint(0, 2, (3, 10, 131)).float()  # many exact ties

@@ -9,16 +9,15 @@ import pytest
 from PIL import Image
 
 from polypseg.classes import binarize_mask
-from polypseg.io import (
-    InputError,
+from polypseg.errors import InputError
+from polypseg.files import (
     atomic_write,
     atomic_write_bytes,
     atomic_write_folder,
     atomic_write_text,
-    read_image,
-    read_mask,
     remove_stale_temporaries,
 )
+from polypseg.images import read_image, read_mask
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions, fork and flock")
 

@@ -12,10 +12,10 @@ import torch
 import yaml
 from huggingface_hub import ModelCard
 
-from polypseg.cli import main
+from polypseg.apps.cli import main
 from polypseg.config import TrainConfig, save_config
 from polypseg.data import save_splits
-from polypseg.hub import model_card
+from polypseg.publish.card import model_card
 from polypseg.weights import save_pretrained
 
 METRICS = {

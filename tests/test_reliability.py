@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 import polypseg
-from polypseg.cli import main
-from polypseg.io import atomic_write_folder, recover_folder, remove_stale_temporaries
+from polypseg.apps.cli import main
+from polypseg.files import atomic_write_folder, recover_folder, remove_stale_temporaries
 from polypseg.training import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from polypseg.weights import WeightsError, load_pretrained
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from polypseg.cli import main
-from polypseg.reports import DPI, plot_training_curves, worst_cases
+from polypseg.apps.cli import main
+from polypseg.evaluation.reports import DPI, plot_training_curves, worst_cases
 from polypseg.training import EpochCSVLogger
 from polypseg.weights import save_pretrained
 
@@ -94,13 +94,16 @@ def test_train_writes_training_curves(synthetic_dataset, tmp_path, capsys):
 
 
 def test_worst_cases_of_a_tta_evaluation_are_drawn_with_tta(tiny_unet, synthetic_dataset, tmp_path, monkeypatch):
-    import polypseg.reports as reports
+    import polypseg.evaluation.reports as reports
+    import polypseg.inference.predictor as predictor_module
 
     data = synthetic_dataset(sizes=[(64, 64)] * 2)
     weights = save_pretrained(tiny_unet, tmp_path / "weights", metadata={"input_size": [64, 64]})
     calls = []
-    real = reports.flip_tta
-    monkeypatch.setattr(reports, "flip_tta", lambda model, images: calls.append(len(images)) or real(model, images))
+    real = predictor_module.flip_tta
+    monkeypatch.setattr(
+        predictor_module, "flip_tta", lambda model, images: calls.append(len(images)) or real(model, images)
+    )
     names = ["sample_000", "sample_001"]
     reports.plot_worst_cases(weights, data, names, tmp_path / "plain.png")
     assert calls == []

@@ -12,7 +12,8 @@ import yaml
 
 from polypseg.config import TrainConfig, load_config
 from polypseg.data import find_pairs, load_pairs
-from polypseg.training import SegmentationModule, evaluate, train
+from polypseg.evaluation import evaluate
+from polypseg.training import SegmentationModule, train
 from polypseg.weights import load_pretrained
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -268,7 +269,7 @@ def test_two_process_ddp_on_cpu(synthetic_dataset, tmp_path):
 
 
 def test_init_weights_starts_from_given_weights(synthetic_dataset, tmp_path):
-    from polypseg.training import _init_from_weights
+    from polypseg.training.train import _init_from_weights
 
     data = synthetic_dataset(sizes=[(64, 64)] * 12)
     first = tmp_path / "first"
@@ -285,7 +286,7 @@ def test_init_weights_starts_from_given_weights(synthetic_dataset, tmp_path):
 
 
 def test_init_weights_of_another_width_is_refused(synthetic_dataset, tmp_path):
-    from polypseg.training import _init_from_weights
+    from polypseg.training.train import _init_from_weights
     from polypseg.weights import WeightsError
 
     module = SegmentationModule(tiny_config(base_channels=8).to_dict())
@@ -305,3 +306,20 @@ def test_compiled_training_keeps_plain_checkpoints(synthetic_dataset, tmp_path):
     # A compiled run resumes (and continues) like any other.
     train(tiny_config(epochs=2, compile=True), None, run, resume=True)
     assert [int(r["epoch"]) for r in read_rows(run / "metrics.csv")] == [0, 1]
+
+
+PRE_LAYOUT_RUN = Path(__file__).parent / "fixtures" / "pre-layout-run"
+
+
+def test_resume_of_a_run_made_before_the_layout(synthetic_dataset, tmp_path):
+    """``last.ckpt``, ``config.yaml`` and ``best/`` written by the flat-module code resume with this layout."""
+    import shutil
+
+    data = synthetic_dataset(sizes=[(32, 32)] * 8)
+    run = tmp_path / "run"
+    shutil.copytree(PRE_LAYOUT_RUN, run)
+    before = load_pretrained(run)
+    result = train(load_config(run / "config.yaml").updated(epochs=2), data, run, resume=True)
+    assert result.epochs_run == 2
+    assert [int(row["epoch"]) for row in read_rows(run / "metrics.csv")] == [0, 1]
+    assert load_pretrained(run).base_channels == before.base_channels == 2

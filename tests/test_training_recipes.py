@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from polypseg.config import TrainConfig, load_config, parse_duration
-from polypseg.training import SegmentationModule, _ema_average, one_cycle_factor, train
+from polypseg.training import SegmentationModule, one_cycle_factor, train
+from polypseg.training.module import _ema_average
 from test_training import read_rows, tiny_config  # the tiny run settings shared by the training tests
 
 
@@ -128,7 +129,7 @@ def test_time_budget_stops_on_time_writes_best_and_resume_counts_the_spent_time(
 
 
 def test_cli_time_budget_and_presets(synthetic_dataset, tmp_path, capsys):
-    from polypseg.cli import main
+    from polypseg.apps.cli import main
 
     data = synthetic_dataset(sizes=[(64, 64)] * 12)
     config = tmp_path / "c.yaml"

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from polypseg.backends import TorchBackend
+from polypseg.apps.cli import main
 from polypseg.classes import NUM_CLASSES, classes_to_mask, mask_to_classes
-from polypseg.cli import main
 from polypseg.config import TrainConfig
-from polypseg.data import find_pairs, load_pairs, resize_image
+from polypseg.data import find_pairs, load_pairs
+from polypseg.deploy.backends import TorchBackend
+from polypseg.images import read_image, resize_image
 from polypseg.inference import Predictor
-from polypseg.io import read_image
 from polypseg.losses import CombinedLoss
 from polypseg.metrics import threshold_dice_curves
 from polypseg.model import UNet
@@ -112,8 +112,8 @@ def test_tta_takes_numpy_backends(varied_unet, images):
 @pytest.mark.slow
 def test_tta_on_onnxruntime_matches_torch(varied_unet, images, tmp_path):
     pytest.importorskip("onnxruntime")
-    from polypseg.backends import OnnxRuntimeBackend
-    from polypseg.export import export_onnx
+    from polypseg.deploy.backends import OnnxRuntimeBackend
+    from polypseg.deploy.export import export_onnx
 
     backend = OnnxRuntimeBackend(export_onnx(varied_unet, tmp_path / "model.onnx", image_size=64))
     with torch.no_grad():

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from polypseg.cli import main
+from polypseg.apps.cli import main
 from polypseg.inference import Predictor
 
 pytestmark = pytest.mark.precision  # run under both POLYPSEG_NATIVE_BF16 settings by make test
@@ -107,7 +107,7 @@ def test_unreadable_video_is_one_line_and_leaves_nothing(weights, tmp_path, caps
 
 
 def test_split_video_inputs(tmp_path):
-    from polypseg.video import split_video_inputs
+    from polypseg.inference.video import split_video_inputs
 
     for name in ("a.mp4", "b.MOV", "c.jpg"):
         (tmp_path / name).touch()

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polypseg.cli import main
+from polypseg.apps.cli import main
+from polypseg.images import read_image
 from polypseg.inference import Predictor, predict_files
-from polypseg.io import read_image
 from polypseg.weights import bundled_examples_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,7 +44,7 @@ def balanced_weights(tmp_path, example, partial_polyp_weights) -> Path:
 
 
 def test_summary_rounds_like_predictions_csv(balanced_weights, example, tmp_path):
-    from polypseg.webdemo import escape_markdown, segment_paths, summary_markdown
+    from polypseg.apps.webdemo import escape_markdown, segment_paths, summary_markdown
 
     predictor = Predictor.from_pretrained(balanced_weights, precision="32")
     items, errors = segment_paths(predictor, [example, tmp_path / "missing.jpg"])
@@ -59,7 +59,7 @@ def test_summary_rounds_like_predictions_csv(balanced_weights, example, tmp_path
 
 
 def test_overlay_shows_the_boxes(balanced_weights, example):
-    from polypseg.webdemo import BOX_COLOUR, render_overlay, segment_paths
+    from polypseg.apps.webdemo import BOX_COLOUR, render_overlay, segment_paths
 
     (item,), _ = segment_paths(Predictor.from_pretrained(balanced_weights, precision="32"), [example])
     picture = render_overlay(item, opacity=0.4)
@@ -69,7 +69,7 @@ def test_overlay_shows_the_boxes(balanced_weights, example):
 
 
 def test_bad_uploads_get_one_line_each_and_the_rest_is_segmented(balanced_weights, example, tmp_path):
-    from polypseg.webdemo import segment_paths
+    from polypseg.apps.webdemo import segment_paths
 
     text = tmp_path / "notes.jpg"
     text.write_text("not an image\n")
@@ -89,7 +89,7 @@ def test_bad_uploads_get_one_line_each_and_the_rest_is_segmented(balanced_weight
 
 
 def test_uploads_of_one_name_get_their_own_outputs_in_one_zip(balanced_weights, tmp_path):
-    from polypseg.webdemo import segment_paths, write_results_zip
+    from polypseg.apps.webdemo import segment_paths, write_results_zip
 
     first, second, third = (tmp_path / "one" / "a.jpg", tmp_path / "two" / "a.jpg", tmp_path / "a.png")
     examples = sorted(bundled_examples_dir().glob("*.jpg"))
@@ -119,7 +119,7 @@ def test_uploads_of_one_name_get_their_own_outputs_in_one_zip(balanced_weights, 
 
 
 def test_files_over_the_per_upload_limit_are_named(balanced_weights, example, tmp_path):
-    from polypseg.webdemo import segment_paths
+    from polypseg.apps.webdemo import segment_paths
 
     paths = []
     for index in range(9):
@@ -134,7 +134,7 @@ def test_files_over_the_per_upload_limit_are_named(balanced_weights, example, tm
 
 def test_min_area_counts_as_the_predictor_does(balanced_weights, example):
     """The page keeps every region and applies the minimum itself; counts and boxes equal the predictor's."""
-    from polypseg.webdemo import segment_paths, with_min_area
+    from polypseg.apps.webdemo import segment_paths, with_min_area
 
     everything = Predictor.from_pretrained(balanced_weights, precision="32", min_polyp_fraction=0.0)
     (item,), _ = segment_paths(everything, [example])
@@ -149,8 +149,8 @@ def test_min_area_counts_as_the_predictor_does(balanced_weights, example):
 
 
 def test_annotated_view_layers_and_size(balanced_weights, example):
+    from polypseg.apps.webdemo import LAYERS, Segmented, annotated_view, segment_paths
     from polypseg.classes import BOUNDARY, POLYP
-    from polypseg.webdemo import LAYERS, Segmented, annotated_view, segment_paths
 
     (item,), _ = segment_paths(Predictor.from_pretrained(balanced_weights, precision="32"), [example])
     image, layers = annotated_view(item, opacity=0.7)
@@ -170,7 +170,7 @@ def test_annotated_view_layers_and_size(balanced_weights, example):
 
 
 def test_bundled_examples_are_described_in_one_line_each():
-    from polypseg.webdemo import EXAMPLE_DESCRIPTIONS, MAX_DESCRIPTION_CHARS, example_list
+    from polypseg.apps.webdemo import EXAMPLE_DESCRIPTIONS, MAX_DESCRIPTION_CHARS, example_list
 
     described = example_list()
     assert sorted(path.name for path, _ in described) == sorted(p.name for p in bundled_examples_dir().glob("*.jpg"))
@@ -185,7 +185,7 @@ def test_file_names_cannot_inject_markdown_or_html(balanced_weights, example):
     from html.parser import HTMLParser
 
     markdown_it = pytest.importorskip("markdown_it")
-    from polypseg.webdemo import Segmented, result_caption, summary_markdown
+    from polypseg.apps.webdemo import Segmented, result_caption, summary_markdown
 
     name = "a|b *c* _d_ [e](f) <b>g</b> <script>h</script> &amp; `i` ~~j~~ $$k$$ \\l\nm.jpg"
     prediction = Predictor.from_pretrained(balanced_weights, precision="32").predict(read_image(example))
@@ -231,7 +231,7 @@ def test_file_names_cannot_inject_markdown_or_html(balanced_weights, example):
 
 
 def test_host_warning_only_off_loopback():
-    from polypseg.webdemo import host_warning
+    from polypseg.apps.webdemo import host_warning
 
     for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
         assert host_warning(host) is None
@@ -241,10 +241,10 @@ def test_host_warning_only_off_loopback():
 
 
 def test_cli_demo_web_serves_on_localhost_by_default(monkeypatch):
-    from polypseg.webdemo import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_UPLOAD_MB
+    from polypseg.apps.webdemo import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_UPLOAD_MB
 
     calls = []
-    monkeypatch.setattr("polypseg.webdemo.serve", lambda weights, **options: calls.append((weights, options)))
+    monkeypatch.setattr("polypseg.apps.cli.serve", lambda weights, **options: calls.append((weights, options)))
     assert main(["demo", "--web"]) == 0
     assert main(["demo", "--web", "--weights", "w", "--host", "0.0.0.0", "--port", "8000", "--max-upload-mb", "5"]) == 0
     assert main(["demo", "--web", "--max-megapixels", "12.5"]) == 0
@@ -260,7 +260,7 @@ def test_cli_demo_web_serves_on_localhost_by_default(monkeypatch):
 
 def test_serve_sets_the_limits_and_warns_off_loopback(monkeypatch, balanced_weights, capsys):
     gradio = pytest.importorskip("gradio")
-    from polypseg.webdemo import DEFAULT_QUEUE_SIZE, PAGE_CSS, PAGE_HEAD, serve
+    from polypseg.apps.webdemo import DEFAULT_QUEUE_SIZE, PAGE_CSS, PAGE_HEAD, serve
 
     launched = []
     monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **options: launched.append(options))
@@ -323,7 +323,7 @@ def test_page_in_a_browser(balanced_weights, example, tmp_path):
     """Upload, read the result, change every control, clear, refused upload, example: as a user would."""
     from playwright.sync_api import sync_playwright
 
-    from polypseg.webdemo import LAYERS, example_list, segment_paths, serve, with_min_area
+    from polypseg.apps.webdemo import LAYERS, example_list, segment_paths, serve, with_min_area
 
     predictor = Predictor.from_pretrained(balanced_weights, precision="32")
     predict_files(predictor, [example], tmp_path / "cli")
@@ -489,7 +489,7 @@ def test_page_on_a_phone_shows_the_result_in_the_first_screen(tmp_path):
     """
     from playwright.sync_api import sync_playwright
 
-    from polypseg.webdemo import example_list, serve
+    from polypseg.apps.webdemo import example_list, serve
 
     port = _free_port()
     demo = serve(None, host="127.0.0.1", port=port, block=False, precision="32")

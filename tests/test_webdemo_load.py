@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from polypseg.images import read_image
 from polypseg.inference import Predictor
-from polypseg.io import read_image
 from polypseg.weights import bundled_examples_dir
 
 pytestmark = [
@@ -89,7 +89,7 @@ def network_calls() -> Iterator[NetworkCalls]:
 
 @pytest.fixture(scope="module")
 def server(weights, network_calls) -> Iterator[str]:
-    from polypseg.webdemo import serve
+    from polypseg.apps.webdemo import serve
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -45,11 +45,9 @@ from polypseg.data import (  # noqa: E402
     load_splits,
     make_splits,
     parse_split_sizes,
-    resize_image,
-    resize_mask,
     save_splits,
 )
-from polypseg.io import InputError, read_image, read_mask  # noqa: E402
+from polypseg.images import InputError, read_image, read_mask, resize_image, resize_mask  # noqa: E402
 
 BOXES_FILES = ("kavsir_bboxes.json", "bboxes.json")
 MIB = 1024 * 1024

@@ -6,6 +6,7 @@ Classes: 0 background, 1 polyp, 2 polyp boundary (see :mod:`polypseg.classes`).
 from polypseg.classes import CLASS_NAMES, classes_to_mask, mask_to_classes
 from polypseg.losses import CombinedLoss
 from polypseg.model import UNet
+from polypseg.version import __version__
 from polypseg.weights import load_pretrained, save_pretrained
 
 __all__ = [
@@ -15,6 +16,6 @@ __all__ = [
     "classes_to_mask",
     "load_pretrained",
     "mask_to_classes",
+    "__version__",
     "save_pretrained",
 ]
-__version__ = "0.1.0"

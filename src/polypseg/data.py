@@ -1,7 +1,7 @@
 """Kvasir-SEG style folders: list pairs, split them, decode once, cache as uint8 tensors, augment.
 
 A dataset folder holds ``images/`` and ``masks/`` with the same file stems (any of
-:data:`polypseg.io.IMAGE_SUFFIXES`). Images are resized to the training size with antialiased bilinear
+:data:`polypseg.images.IMAGE_SUFFIXES`). Images are resized to the training size with antialiased bilinear
 resampling; masks are binarized at 128 and then resized with nearest neighbour. Everything is decoded
 once and kept in memory as uint8 tensors, so an epoch never decodes a JPEG again.
 """
@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from polypseg.classes import binarize_mask
-from polypseg.io import IMAGE_SUFFIXES, InputError, atomic_write_text, read_image, read_mask
+from polypseg.files import atomic_write_text
+from polypseg.images import IMAGE_SUFFIXES, InputError, read_image, read_mask, resize_image, resize_mask
 
 __all__ = [
     "CachedPairs",
@@ -38,8 +37,6 @@ __all__ = [
     "load_splits",
     "make_splits",
     "parse_split_sizes",
-    "resize_image",
-    "resize_mask",
     "save_splits",
 ]
 
@@ -172,22 +169,6 @@ def load_splits(path: str | Path) -> dict[str, list[str]]:
             f"e.g. {first!r} (in {where})"
         )
     return result
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize (H, W, 3) uint8 to ``size`` = (height, width): bilinear, antialiased when shrinking."""
-    if image.shape[:2] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Binarize a mask at 128, then resize it to ``size`` = (height, width) with nearest neighbour; returns bool."""
-    binary = binarize_mask(mask)
-    if binary.shape == size:
-        return binary
-    resized = Image.fromarray(binary.astype(np.uint8)).resize((size[1], size[0]), Image.Resampling.NEAREST)
-    return np.asarray(resized) > 0
 
 
 @dataclass

@@ -1,244 +1,33 @@
-"""Weights on disk: ``model.safetensors`` + ``config.json`` in one folder, and loading them back.
+"""Foreign checkpoints: a U-Net of our architecture saved by someone else, with other tensor names.
 
-* :func:`save_pretrained` writes our layout (atomically, file by file).
-* :func:`load_pretrained` rebuilds a :class:`~polypseg.model.UNet` from such a folder, from a bare
-  ``.safetensors`` file, from the bundled model (no argument), or from a checkpoint of the same
-  architecture written by someone else with other tensor names (matched by structure, see
-  :func:`map_foreign_state_dict`). Only safetensors are read: nothing is ever unpickled.
+:func:`map_foreign_state_dict` matches tensors by structure, not by name or order: tensors are grouped
+by module, each block is recognised by its shapes (an encoder block's first conv maps c/2 -> c, a decoder
+block's 2c -> c, the bottleneck 8c -> 16c, the upsamplers are 2x2 transposed convolutions), and the width,
+the number of classes and the head's kernel size are read off the tensors. A bias on a convolution
+followed by BatchNorm is folded into the BatchNorm's running mean, which gives exactly the same outputs.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
-from polypseg.classes import CLASS_NAMES, DEFAULT_BOUNDARY_WIDTH_PX
-from polypseg.io import atomic_save, atomic_write_text
+from polypseg.errors import WeightsError
 from polypseg.model import UNet
 
-__all__ = [
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-    "WeightsError",
-    "bundled_examples_dir",
-    "bundled_weights_dir",
-    "load_pretrained",
-    "map_foreign_state_dict",
-    "read_model_config",
-    "resolve_weights",
-    "save_pretrained",
-]
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-ARCHITECTURE_KEYS = ("in_channels", "num_classes", "base_channels", "head_kernel_size")
-#: Bounds of the integers of ``config.json`` (inclusive); ``input_size`` sides are at most :data:`MAX_INPUT_SIZE`.
-CONFIG_BOUNDS = {
-    "in_channels": (1, 64),
-    "num_classes": (1, 256),
-    "base_channels": (2, 256),
-    "head_kernel_size": (1, 7),
-    "boundary_width_px": (0, 64),
-}
-MAX_INPUT_SIZE = 2048
+__all__ = ["expected_shapes", "map_foreign_state_dict"]
 
 
-class WeightsError(ValueError):
-    """Weights that cannot be loaded; the message names the file and the first tensor that does not fit."""
-
-
-def bundled_weights_dir() -> Path:
-    """Folder of the model that ships with polypseg (a small U-Net trained on Kvasir-SEG)."""
-    return Path(str(resources.files("polypseg") / "assets" / "model"))
-
-
-def bundled_examples_dir() -> Path:
-    """Folder of the example images that ship with polypseg (from the Kvasir-SEG test split)."""
-    return Path(str(resources.files("polypseg") / "assets" / "examples"))
-
-
-def save_pretrained(
-    model: UNet,
-    folder: str | Path,
-    metadata: dict[str, Any] | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``folder``.
-
-    Args:
-        model: The model to save.
-        folder: Output folder (created).
-        metadata: Extra entries for ``config.json`` (training config, metrics, ...).
-        dtype: Floating dtype to store (float16 halves the size; loading converts back to float32).
-
-    Returns:
-        The folder.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        key: (value.to(dtype) if value.is_floating_point() else value).detach().cpu().contiguous()
-        for key, value in model.state_dict().items()
-    }
-    config: dict[str, Any] = {
-        "architecture": "UNet",
-        **model.config,
-        "class_names": list(CLASS_NAMES),
-        "boundary_width_px": DEFAULT_BOUNDARY_WIDTH_PX,
-        "input_size": [256, 256],
-        "input_range": [0.0, 1.0],
-        "format": "polypseg",
-    }
-    config.update(metadata or {})
-    try:
-        atomic_save(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-    except SafetensorError as error:  # e.g. the disk is full
-        raise OSError(f"{folder / WEIGHTS_NAME}: cannot write weights ({' '.join(str(error).split())})") from None
-    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, default=str) + "\n")
-    return folder
-
-
-def resolve_weights(path: str | Path | None) -> Path:
-    """Turn a user's ``--weights`` into a weights folder or file.
-
-    ``None`` is the bundled model; a training run folder resolves to its ``best/``;
-    ``hf://OWNER/REPO[@REVISION]`` is downloaded into the Hugging Face cache (see :mod:`polypseg.hub`).
-    """
-    if path is None:
-        return bundled_weights_dir()
-    if isinstance(path, str) and path.startswith("hf://"):
-        from polypseg.hub import download_weights  # hub stands on this module: imported only when needed
-
-        return download_weights(path)
-    path = Path(path)
-    if path.is_dir() and not (path / WEIGHTS_NAME).exists() and (path / "best" / WEIGHTS_NAME).exists():
-        return path / "best"
-    return path
-
-
-def read_model_config(path: str | Path | None = None) -> dict[str, Any]:
-    """The ``config.json`` beside the weights (empty dict if there is none)."""
-    path = resolve_weights(path)
-    config_path = path / CONFIG_NAME if path.is_dir() else path.parent / CONFIG_NAME
-    if not config_path.exists():
-        return {}
-    try:
-        if config_path.stat().st_size > 10_000_000:
-            raise ValueError("larger than 10 MB")
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8
-        raise WeightsError(f"{config_path}: not valid JSON ({' '.join(str(error).split())[:200]})") from None
-    if not isinstance(config, dict):
-        raise WeightsError(f"{config_path}: must hold a JSON object")
-
-    def is_int(value: Any, minimum: int, maximum: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum
-
-    # Every number is bounded: a hostile config.json must not build a huge model or run for ever.
-    for key, (minimum, maximum) in CONFIG_BOUNDS.items():
-        if key in config and not is_int(config[key], minimum, maximum):
-            raise WeightsError(
-                f"{config_path}: '{key}' must be an integer from {minimum} to {maximum}, got {config[key]!r}"
-            )
-    if config.get("base_channels", 2) % 2:
-        raise WeightsError(f"{config_path}: 'base_channels' must be even, got {config['base_channels']!r}")
-    if config.get("head_kernel_size", 1) % 2 != 1:
-        raise WeightsError(f"{config_path}: 'head_kernel_size' must be odd, got {config['head_kernel_size']!r}")
-    size = config.get("input_size", [16, 16])
-    if not (
-        isinstance(size, list) and len(size) == 2 and all(is_int(v, 16, MAX_INPUT_SIZE) and v % 16 == 0 for v in size)
-    ):
-        raise WeightsError(
-            f"{config_path}: 'input_size' must be [height, width], multiples of 16 from 16 to {MAX_INPUT_SIZE}, "
-            f"got {size!r}"
-        )
-    return config
-
-
-def _expected_shapes(architecture: dict[str, int]) -> dict[str, tuple[int, ...]]:
+def expected_shapes(architecture: dict[str, int]) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of a U-Net of ``architecture``, from a model on the meta device (no memory, no time)."""
     with torch.device("meta"):
         model = UNet(**architecture)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
-
-
-def _check_shapes(
-    shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], weights_path: Path, origin: str = ""
-) -> None:
-    for key, shape in expected.items():
-        if key not in shapes:
-            raise WeightsError(f"{weights_path}: tensor '{key}' is missing")
-        if shapes[key] != shape:
-            raise WeightsError(
-                f"{weights_path}: tensor '{key}' has shape {shapes[key]}, the model{origin} needs {shape}"
-            )
-    extra = sorted(set(shapes) - set(expected))
-    if extra:
-        raise WeightsError(f"{weights_path}: tensor '{extra[0]}' does not belong to the model")
-
-
-def load_pretrained(path: str | Path | None = None, map_location: str | torch.device = "cpu") -> UNet:
-    """Rebuild a U-Net with its weights, in eval mode.
-
-    Args:
-        path: A weights folder (``model.safetensors`` + ``config.json``), a ``.safetensors`` file, a
-            training run folder (its ``best/``), ``hf://OWNER/REPO[@REVISION]`` on the Hugging Face Hub,
-            or ``None`` for the bundled model.
-        map_location: Device to load onto.
-
-    Raises:
-        WeightsError: The file is missing, is not safetensors, or its tensors do not fit a U-Net.
-
-    Example:
-        >>> model = load_pretrained()  # the bundled model
-        >>> model.num_classes
-        3
-    """
-    path = resolve_weights(path)
-    weights_path = path / WEIGHTS_NAME if path.is_dir() else path
-    if not weights_path.exists():
-        raise WeightsError(f"{weights_path}: weights file not found")
-    try:  # the header alone: shapes are checked before any tensor is read or any model is built
-        with safe_open(str(weights_path), framework="pt") as handle:
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as error:
-        raise WeightsError(f"{weights_path}: not a readable safetensors file ({error})") from None
-    config = read_model_config(path)
-    architecture = {key: config[key] for key in ARCHITECTURE_KEYS if key in config}
-    native = bool(architecture) and _is_native(shapes)
-    if native:
-        config_name = weights_path.parent / CONFIG_NAME
-        _check_shapes(shapes, _expected_shapes(architecture), weights_path, f" of {config_name}")
-    try:
-        tensors = load_file(str(weights_path), device=str(map_location))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise WeightsError(f"{weights_path}: not a readable safetensors file ({error})") from None
-    if not native:
-        architecture, tensors = map_foreign_state_dict(tensors, source=weights_path)
-        _check_shapes(
-            {key: tuple(value.shape) for key, value in tensors.items()}, _expected_shapes(architecture), weights_path
-        )
-    model = UNet(**architecture)
-    expected = model.state_dict()
-    model.load_state_dict({key: value.to(expected[key].dtype) for key, value in tensors.items()})
-    return model.to(map_location).eval()
-
-
-def _is_native(tensors: dict[str, Any]) -> bool:
-    return "classifier.weight" in tensors and "encoder.0.0.weight" in tensors
-
-
-# --------------------------------------------------------------------------------------------------
-# Foreign checkpoints: same architecture, other tensor names.
 
 
 @dataclass
@@ -342,7 +131,7 @@ def map_foreign_state_dict(
     _put_with_bias(state, origin, classifier, "classifier", out_axis=0)
     architecture["num_classes"] = _conv_io(classifier)[1]
 
-    expected = _expected_shapes(architecture)
+    expected = expected_shapes(architecture)
     for key, shape in expected.items():
         if key in state and tuple(state[key].shape) != shape:
             raise WeightsError(

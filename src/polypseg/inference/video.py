@@ -12,9 +12,7 @@ video is processed.
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,8 +21,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from polypseg.inference import Predictor, output_stems, overlay, validate_batch_size, validate_opacity
-from polypseg.io import InputError, atomic_write, atomic_write_text, remove_stale_temporaries
+from polypseg.files import atomic_write, atomic_write_csv, remove_stale_temporaries
+from polypseg.images import InputError
+from polypseg.inference.outputs import output_stems, overlay
+from polypseg.inference.predictor import Predictor, validate_batch_size, validate_opacity
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -200,11 +200,7 @@ def predict_video(
                 target.mux(encoded.encode())
                 if not rows:
                     raise InputError(path, "video has no frames")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FRAME_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(csv_path, buffer.getvalue())
+    atomic_write_csv(csv_path, FRAME_COLUMNS, rows)
     present = sum(int(row["polyp_present"]) for row in rows)  # type: ignore[call-overload]
     return VideoSummary(path, overlay_path, csv_path, len(rows), present, codec)
 

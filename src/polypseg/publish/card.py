@@ -1,204 +1,33 @@
-"""The Hugging Face Hub: ``hf://`` weights, model cards, and pushing a weights folder.
+"""The model card of a run or weights folder: ``README.md`` with Hugging Face Hub metadata.
 
-* :func:`download_weights` turns ``hf://OWNER/REPO[@REVISION][/PATH]`` into a folder of the local
-  Hugging Face cache (``model.safetensors`` and, if the repository has one, ``config.json``).
-  :func:`polypseg.weights.resolve_weights` calls it, so every ``--weights`` and
-  :func:`polypseg.load_pretrained` accept such a reference. The cache, ``HF_HUB_OFFLINE=1``,
-  ``HF_ENDPOINT`` and the login token are huggingface_hub's own.
-* :func:`model_card` writes a model card (``README.md`` with Hub metadata) from a run or weights folder
-  and, optionally, the ``metrics.json`` of ``polypseg evaluate``. Every number in it comes from those files.
-* :func:`push_to_hub` uploads ``model.safetensors``, ``config.json`` and the card in one commit.
+:func:`model_card` writes it from the weights' ``config.json``, the run's ``config.yaml``, ``splits.json`` and
+``metrics.csv`` and, optionally, the ``metrics.json`` of ``polypseg evaluate``. Every number in it comes
+from those files. :func:`polypseg.publish.push.push_to_hub` uploads it with the weights.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import torch
 import yaml
-from huggingface_hub import (
-    _CACHED_NO_EXIST,
-    CommitOperationAdd,
-    EvalResult,
-    HfApi,
-    ModelCardData,
-    constants,
-    hf_hub_download,
-    try_to_load_from_cache,
-)
-from huggingface_hub.utils import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import EvalResult, ModelCardData
 
 from polypseg.classes import CLASS_NAMES, DEFAULT_BOUNDARY_WIDTH_PX
+from polypseg.config import ARCHITECTURE_KEYS, CONFIG_NAME, WEIGHTS_NAME
+from polypseg.errors import WeightsError, one_line
 from polypseg.model import UNet
-from polypseg.weights import (
-    ARCHITECTURE_KEYS,
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    WeightsError,
-    load_pretrained,
-    read_model_config,
-    resolve_weights,
-)
+from polypseg.weights import WeightsLike, resolve
+from polypseg.weights.hub import CARD_REPO, HUB_PREFIX
 
-__all__ = [
-    "CARD_NAME",
-    "HUB_PREFIX",
-    "HubReference",
-    "download_weights",
-    "model_card",
-    "parse_hub_reference",
-    "push_to_hub",
-]
+__all__ = ["CARD_NAME", "model_card"]
 
-HUB_PREFIX = "hf://"
 CARD_NAME = "README.md"
-#: The model card's own repository (the card's weights, with its own tensor names).
-CARD_REPO = "sebastiao-teixeira/week04-polyp-segmentation-unet-multiclass"
 KVASIR_SEG_URL = "https://datasets.simula.no/kvasir-seg/"
-
-_REFERENCE = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>refs/pr/\d+|[^/]+))?(?:/(?P<path>.*))?")
-
-
-@dataclass(frozen=True)
-class HubReference:
-    """A parsed ``hf://OWNER/REPO[@REVISION][/PATH]``: which file of which repository, at which revision."""
-
-    repo_id: str
-    revision: str | None
-    filename: str  # path of the safetensors file inside the repository
-
-    @property
-    def config_filename(self) -> str:
-        """The ``config.json`` beside the weights file."""
-        return str(PurePosixPath(self.filename).with_name(CONFIG_NAME))
-
-
-def parse_hub_reference(uri: str) -> HubReference:
-    """Parse ``hf://OWNER/REPO[@REVISION][/PATH]`` (the ``hf://`` syntax of huggingface_hub, models only).
-
-    ``PATH`` is a ``.safetensors`` file or a folder holding ``model.safetensors``; without it the weights
-    are the repository's ``model.safetensors``. ``REVISION`` is a branch, tag or commit (default ``main``).
-
-    Example:
-        >>> parse_hub_reference("hf://owner/unet@v1.0/small/model.safetensors")
-        HubReference(repo_id='owner/unet', revision='v1.0', filename='small/model.safetensors')
-    """
-    body = uri[len(HUB_PREFIX) :] if uri.startswith(HUB_PREFIX) else ""
-    if body.startswith("models/"):
-        body = body[len("models/") :]
-    match = _REFERENCE.fullmatch(body)
-    if not match or body.startswith(("datasets/", "spaces/")):
-        raise WeightsError(f"{uri}: not a Hub model reference; expected {HUB_PREFIX}OWNER/REPO[@REVISION][/PATH]")
-    path = (match["path"] or "").strip("/")
-    if ".." in PurePosixPath(path).parts:
-        raise WeightsError(f"{uri}: the path inside the repository must not contain '..'")
-    filename = path if path.endswith(".safetensors") else str(PurePosixPath(path or ".") / WEIGHTS_NAME)
-    revision = unquote(match["revision"]) if match["revision"] else None  # "feature%2Fx" is branch "feature/x"
-    return HubReference(match["repo"], revision, filename)
-
-
-# One process resolves one reference once: the weights and config of a command come from the same commit,
-# and the Hub is asked once, however often the command resolves its --weights.
-_downloaded: dict[tuple[str, str, str, bool], Path] = {}
-
-
-def download_weights(uri: str, token: str | bool | None = None, force_download: bool = False) -> Path:
-    """Download weights from the Hub into the Hugging Face cache and return their local path.
-
-    The weights file is fetched first; ``config.json`` is then fetched from the same commit if the
-    repository has one (a checkpoint without it is loaded by structure, see
-    :func:`polypseg.weights.map_foreign_state_dict`). With ``HF_HUB_OFFLINE=1`` only the cache is used.
-
-    Args:
-        uri: ``hf://OWNER/REPO[@REVISION][/PATH]`` (see :func:`parse_hub_reference`).
-        token: Hub token for private or gated repositories (default: ``HF_TOKEN`` or the saved login).
-        force_download: Download again even if the files are cached.
-
-    Returns:
-        The cached folder holding ``model.safetensors`` (and ``config.json``), or the cached file when
-        the reference names a file with another name.
-
-    Raises:
-        WeightsError: One line saying what is missing (repository, revision, file, or network and cache).
-
-    Example:
-        >>> folder = download_weights(f"hf://{CARD_REPO}")  # doctest: +SKIP
-    """
-    reference = parse_hub_reference(uri)
-    key = (uri, constants.ENDPOINT, str(constants.HF_HUB_CACHE), constants.HF_HUB_OFFLINE)
-    if not force_download and key in _downloaded and _downloaded[key].exists():
-        return _downloaded[key]
-    weights = Path(_download(uri, reference, reference.filename, reference.revision, token, force_download))
-    # The cache stores files as snapshots/<commit>/<path in repo>: pin the config to the weights' commit.
-    commit = weights.parents[len(PurePosixPath(reference.filename).parts) - 1].name
-    cached_config = try_to_load_from_cache(reference.repo_id, reference.config_filename, revision=commit)
-    if cached_config is not _CACHED_NO_EXIST:
-        try:
-            _download(uri, reference, reference.config_filename, commit, token, force_download)
-        except _NoSuchFile:
-            pass
-    result = weights.parent if weights.name == WEIGHTS_NAME else weights
-    _downloaded[key] = result
-    return result
-
-
-class _NoSuchFile(WeightsError):
-    """The file is not in the repository (or, offline, not in the cache)."""
-
-
-def _download(
-    uri: str, reference: HubReference, filename: str, revision: str | None, token: str | bool | None, force: bool
-) -> str:
-    from polypseg import __version__
-
-    try:
-        return hf_hub_download(
-            reference.repo_id,
-            filename,
-            revision=revision,
-            token=token,
-            force_download=force,
-            library_name="polypseg",
-            library_version=__version__,
-        )
-    except LocalEntryNotFoundError:
-        where = (
-            "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hub ({constants.ENDPOINT}) cannot be reached"
-        )
-        raise _NoSuchFile(
-            f"{uri}: '{filename}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {where}"
-        ) from None
-    except EntryNotFoundError:
-        raise _NoSuchFile(f"{uri}: the repository {reference.repo_id} has no file '{filename}'") from None
-    except RevisionNotFoundError:
-        raise WeightsError(f"{uri}: revision '{revision}' not found in {reference.repo_id}") from None
-    except RepositoryNotFoundError:
-        raise WeightsError(
-            f"{uri}: repository {reference.repo_id} not found on {constants.ENDPOINT}, or it is private or gated "
-            "(log in with `hf auth login` or set HF_TOKEN)"
-        ) from None
-    except (HfHubHTTPError, OSError) as error:
-        raise WeightsError(f"{uri}: {_one_line(error)}") from None
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-# --------------------------------------------------------------------------------------------------
-# Model card
 
 
 @dataclass
@@ -214,13 +43,12 @@ class _Sources:
     evaluation: dict[str, Any] | None
 
 
-def _read_sources(run_or_weights: str | Path, metrics_json: str | Path | None) -> _Sources:
-    folder = resolve_weights(run_or_weights)
-    weights_dir = folder if folder.is_dir() else folder.parent
-    weights_file = folder / WEIGHTS_NAME if folder.is_dir() else folder
-    if not weights_file.is_file():
-        raise WeightsError(f"{weights_file}: weights file not found")
-    config = read_model_config(folder)
+def _read_sources(run_or_weights: WeightsLike, metrics_json: str | Path | None) -> _Sources:
+    weights = resolve(run_or_weights)
+    weights_dir = weights.folder
+    if not weights.weights_file.is_file():
+        raise WeightsError(f"{weights.weights_file}: weights file not found")
+    config = dict(weights.config.raw)
     run_dir = (
         weights_dir.parent if weights_dir.name == "best" and (weights_dir.parent / "config.yaml").exists() else None
     )
@@ -244,7 +72,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read JSON ({_one_line(error)})") from None
+        raise ValueError(f"{path}: cannot read JSON ({one_line(error)})") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path}: must hold a JSON object")
     return value
@@ -254,7 +82,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         value = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read YAML ({_one_line(error)})") from None
+        raise ValueError(f"{path}: cannot read YAML ({one_line(error)})") from None
     return value if isinstance(value, dict) else {}
 
 
@@ -317,7 +145,7 @@ _CITATIONS = """```bibtex
 
 
 def model_card(
-    run_or_weights_dir: str | Path,
+    run_or_weights_dir: WeightsLike,
     metrics_json: str | Path | None = None,
     repo_id: str | None = None,
 ) -> str:
@@ -608,69 +436,6 @@ def _evaluation_section(sources: _Sources) -> str:
     )
     rows = [f"| {label} | {_number(metrics[key])} |" for key, label in _EVALUATION_ROWS if key in metrics]
     return "## Evaluation\n\n" + header + "\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n"
-
-
-# --------------------------------------------------------------------------------------------------
-# Pushing
-
-
-def push_to_hub(
-    weights: str | Path,
-    repo_id: str,
-    metrics_json: str | Path | None = None,
-    card: str | Path | None = None,
-    private: bool = False,
-    revision: str | None = None,
-    token: str | None = None,
-    commit_message: str | None = None,
-) -> str:
-    """Upload weights to a Hub model repository in one commit: weights, ``config.json``, model card.
-
-    The weights are checked to load first. The files are uploaded as they are on disk, plus the run's
-    ``splits.json`` when the weights are a run's ``best/``; the card (``README.md``) is generated by
-    :func:`model_card` unless ``card`` names a file to upload instead. Nothing local is changed.
-
-    Args:
-        weights: A weights folder, a ``.safetensors`` file or a training run folder (its ``best/``).
-        repo_id: ``OWNER/REPO`` (created if it does not exist).
-        metrics_json: ``metrics.json`` of ``polypseg evaluate`` for the generated card.
-        card: A Markdown file to upload as ``README.md`` instead of the generated card.
-        private: Create the repository as private (an existing repository keeps its visibility).
-        revision: Branch to commit to (created from ``main`` if missing); default ``main``.
-        token: Hub token with write access (default: ``HF_TOKEN`` or the saved login).
-        commit_message: Default: "Upload polypseg U-Net weights".
-
-    Returns:
-        The URL of the commit.
-    """
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise ValueError(f"--repo must be OWNER/REPO, got {repo_id!r}")
-    folder = resolve_weights(weights)
-    weights_path = folder / WEIGHTS_NAME if folder.is_dir() else folder
-    config_path = weights_path.parent / CONFIG_NAME
-    load_pretrained(folder)
-    if card is not None:
-        card_text = Path(card).read_text(encoding="utf-8")
-    else:
-        card_text = model_card(folder, metrics_json, repo_id=repo_id)
-    operations = [CommitOperationAdd(WEIGHTS_NAME, str(weights_path))]
-    if config_path.exists():
-        operations.append(CommitOperationAdd(CONFIG_NAME, str(config_path)))
-    splits_path = weights_path.parent.parent / "splits.json"
-    if weights_path.parent.name == "best" and splits_path.exists():
-        operations.append(CommitOperationAdd("splits.json", str(splits_path)))
-    operations.append(CommitOperationAdd(CARD_NAME, card_text.encode("utf-8")))
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision not in (None, constants.DEFAULT_REVISION):
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    commit = api.create_commit(
-        repo_id,
-        operations,
-        commit_message=commit_message or "Upload polypseg U-Net weights",
-        revision=revision,
-    )
-    return str(commit.commit_url)
 
 
 def _augmentation_text(augment: object) -> str:

@@ -18,19 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from polypseg.classes import mask_to_classes
 from polypseg.data import find_pairs, load_pairs
+from polypseg.evaluation.evaluate import EvaluationReport, evaluation_predictor
+from polypseg.files import atomic_save
 from polypseg.inference import CLASS_PALETTE
-from polypseg.io import atomic_save
-from polypseg.tta import flip_tta
-from polypseg.weights import load_pretrained, read_model_config
+from polypseg.weights import WeightsLike, resolve
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from polypseg.evaluation import EvaluationReport
 
 __all__ = [
     "EVALUATION_FIGURES",
@@ -38,7 +35,6 @@ __all__ = [
     "plot_dice_histogram",
     "plot_training_curves",
     "plot_worst_cases",
-    "refuse_existing",
     "worst_cases",
     "write_evaluation_figures",
 ]
@@ -63,13 +59,6 @@ def _save(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     atomic_save(path, lambda temporary: figure.savefig(temporary, format="png", dpi=DPI))
     return path
-
-
-def refuse_existing(out_dir: str | Path, names: Sequence[str], overwrite: bool) -> None:
-    """Raise :class:`FileExistsError` if one of ``out_dir/names`` exists and ``overwrite`` is False."""
-    for name in names:
-        if (Path(out_dir) / name).exists() and not overwrite:
-            raise FileExistsError(f"{Path(out_dir) / name}: exists; pass --overwrite to replace it")
 
 
 def worst_cases(rows: Sequence[dict[str, Any]], count: int = WORST_CASES) -> list[str]:
@@ -102,7 +91,7 @@ def _colour(class_map: np.ndarray) -> np.ndarray:
 
 
 def plot_worst_cases(
-    weights: str | Path | None,
+    weights: WeightsLike,
     data_dir: str | Path,
     names: Sequence[str],
     out_png: str | Path,
@@ -112,7 +101,8 @@ def plot_worst_cases(
     """Image, ground truth and prediction (class maps) of ``names``, one row each, at the evaluation resolution.
 
     The images and masks are loaded and resized as in evaluation (:func:`polypseg.data.load_pairs`) and the
-    model runs in fp32, as ``polypseg evaluate`` does.
+    network runs through the same Predictor as ``polypseg evaluate`` (fp32,
+    :func:`~polypseg.evaluation.evaluate.evaluation_predictor`).
 
     Args:
         weights: The evaluated weights (``None``: the bundled model).
@@ -122,17 +112,12 @@ def plot_worst_cases(
         scores: Polyp Dice per name, shown in the row titles.
         tta: Predict with flip test-time augmentation, as ``polypseg evaluate --tta`` did.
     """
-    config = read_model_config(weights)
-    image_size = int(config.get("input_size", [256, 256])[0])
-    boundary = int(config.get("boundary_width_px", 3))
+    weights = resolve(weights)
     by_name = {sample.name: sample for sample in find_pairs(data_dir)}
-    pairs = load_pairs([by_name[name] for name in names], image_size)
-    model = load_pretrained(weights).eval()
-    with torch.inference_mode():
-        images = pairs.images.float() / 255.0
-        logits = flip_tta(model, images) if tta else model(images)
-        predicted = logits.argmax(1).to(torch.uint8).numpy()
-    truth = mask_to_classes(pairs.masks.bool(), boundary).numpy()
+    pairs = load_pairs([by_name[name] for name in names], weights.config.input_size)
+    predictor = evaluation_predictor(weights, tta)
+    predicted = predictor.network((pairs.images.float() / 255.0).numpy()).argmax(1).astype(np.uint8)
+    truth = mask_to_classes(pairs.masks.bool(), weights.config.boundary_width_px).numpy()
     figure = _figure(9.0, 3.0 * len(names) + 0.3)
     grid = figure.subplots(len(names), 3, squeeze=False)
     for row, name in enumerate(names):
@@ -151,7 +136,7 @@ def plot_worst_cases(
 
 def write_evaluation_figures(
     report: EvaluationReport,
-    weights: str | Path | None,
+    weights: WeightsLike,
     data_dir: str | Path,
     out_dir: str | Path,
     count: int = WORST_CASES,

@@ -23,7 +23,6 @@ module keeps annotations evaluated (no ``from __future__ import annotations``): 
 """
 
 import copy
-import csv
 import io
 import ipaddress
 import json
@@ -42,8 +41,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from polypseg.classes import BOUNDARY, POLYP
+from polypseg.files import atomic_save, csv_text
+from polypseg.images import IMAGE_SUFFIXES, InputError, read_image
 from polypseg.inference import CLASS_PALETTE, CSV_COLUMNS, JPEG_QUALITY, Prediction, Predictor, output_stems, overlay
-from polypseg.io import IMAGE_SUFFIXES, InputError, atomic_save, read_image
+from polypseg.inference.outputs import class_map_image, csv_row
 from polypseg.weights import bundled_examples_dir
 
 if TYPE_CHECKING:
@@ -336,13 +337,6 @@ def _thumbnail(item: Segmented, opacity: float) -> np.ndarray:
     return overlay(image, classes, opacity)
 
 
-def _class_map_image(prediction: Prediction) -> Image.Image:
-    classes = Image.fromarray(prediction.class_map, mode="P")
-    palette = [value for colour in CLASS_PALETTE for value in colour]
-    classes.putpalette(palette + [0] * (768 - len(palette)))
-    return classes
-
-
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
 
@@ -413,32 +407,19 @@ def write_results_zip(items: Sequence[Segmented], path: str | Path, opacity: flo
     ``STEM_overlay.jpg`` (:func:`render_overlay` at ``opacity``); and ``predictions.csv`` with a row per
     image in the columns of ``polypseg predict`` (``file`` is the uploaded name). Written atomically.
     """
-    rows = io.StringIO()
-    table = csv.DictWriter(rows, fieldnames=CSV_COLUMNS)
-    table.writeheader()
+    rows: list[dict[str, object]] = []
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for item in items:
-            height, width = item.image.shape[:2]
             archive.writestr(
                 f"{item.stem}_mask.png", _png(Image.fromarray(item.prediction.polyp_mask.astype(np.uint8) * 255))
             )
-            archive.writestr(f"{item.stem}_classes.png", _png(_class_map_image(item.prediction)))
+            archive.writestr(f"{item.stem}_classes.png", _png(class_map_image(item.prediction.class_map)))
             picture = io.BytesIO()
             Image.fromarray(render_overlay(item, opacity)).save(picture, format="JPEG", quality=JPEG_QUALITY)
             archive.writestr(f"{item.stem}_overlay.jpg", picture.getvalue())
-            table.writerow(
-                {
-                    "file": item.name,
-                    "width": width,
-                    "height": height,
-                    "polyp_area_percent": round(item.prediction.polyp_area_percent, 3),
-                    "polyps": len(item.prediction.polyps),
-                    "boxes": json.dumps([list(region.box) for region in item.prediction.polyps]),
-                    "stem": item.stem,
-                }
-            )
-        archive.writestr("predictions.csv", rows.getvalue())
+            rows.append(csv_row(item.name, item.stem, item.image, item.prediction))
+        archive.writestr("predictions.csv", csv_text(CSV_COLUMNS, rows))
     path = Path(path)
     atomic_save(path, lambda temporary: Path(temporary).write_bytes(buffer.getvalue()))
     return path

@@ -1,12 +1,10 @@
-"""Reading images and masks, and writing files and folders atomically.
+"""Files: find the input files of a command, and write files and folders atomically.
 
-Every reader raises :class:`InputError` with a one-line message that names the file and the problem, and
-nothing else: whatever Pillow raises on a damaged or hostile file becomes an :class:`InputError`.
-
-Writers never leave a half-written file under the final name: they write a temporary file beside it and
-rename it (``os.replace``, atomic on POSIX and Windows). Written files get the usual permissions
-(``0o666`` less the umask, like any file the process creates), not the ``0o600`` of ``tempfile.mkstemp``.
-A process killed mid-write leaves at most a hidden ``.polypseg-tmp-*.tmp`` file, which
+:func:`expand_inputs` turns files, folders and glob patterns into image paths (hidden files skipped, each
+file once). Writers never leave a half-written file under the final name: they write a temporary file
+beside it and rename it (``os.replace``, atomic on POSIX and Windows). Written files get the usual
+permissions (``0o666`` less the umask, like any file the process creates), not the ``0o600`` of
+``tempfile.mkstemp``. A process killed mid-write leaves at most a hidden ``.polypseg-tmp-*.tmp`` file, which
 :func:`remove_stale_temporaries` clears; a writer holds a lock on its temporary file (POSIX), so files
 still being written by a live process are left alone. :func:`atomic_write_folder` does the same for a
 folder whose files must stay a consistent set (``best/``: weights and config).
@@ -14,16 +12,18 @@ folder whose files must stay a consistent set (``best/``: weights and config).
 
 from __future__ import annotations
 
+import csv
+import glob
+import io
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from polypseg.images import IMAGE_SUFFIXES
 
 try:
     import fcntl
@@ -31,124 +31,18 @@ except ImportError:  # Windows: no flock; an open file cannot be deleted there a
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "IMAGE_SUFFIXES",
-    "InputError",
     "atomic_save",
     "atomic_write",
     "atomic_write_bytes",
+    "atomic_write_csv",
     "atomic_write_folder",
     "atomic_write_text",
-    "read_image",
-    "read_mask",
+    "csv_text",
+    "expand_inputs",
     "recover_folder",
+    "refuse_existing",
     "remove_stale_temporaries",
 ]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
-#: Larger images are refused before they are decoded (decompression-bomb guard). Pillow refuses images
-#: over twice its ``MAX_IMAGE_PIXELS`` itself and only warns between 1x and 2x; :func:`read_image` makes
-#: the whole range above the limit an :class:`InputError` (Pillow may still print its warning once).
-MAX_IMAGE_PIXELS = 100_000_000
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-
-
-class InputError(ValueError):
-    """A file that cannot be used; ``str(error)`` is a one-line message naming it."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        shown = str(path)
-        # A file name may hold a newline or other control characters; the message stays one line.
-        super().__init__(f"{shown if shown.isprintable() else ascii(shown)}: {problem}")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError(f"{image.width}x{image.height} = {image.width * image.height:,}")
-            image.load()
-            return ImageOps.exif_transpose(image)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a directory, not an image") from None
-    except PermissionError:
-        raise InputError(path, "permission denied") from None
-    except UnidentifiedImageError:
-        raise InputError(path, "not an image file Pillow can read") from None
-    except Image.DecompressionBombError as error:
-        raise InputError(path, f"image larger than {MAX_IMAGE_PIXELS:,} pixels, refused ({_one_line(error)})") from None
-    except Exception as error:  # Pillow's decoders raise many types on damaged files
-        raise InputError(path, f"cannot decode image ({_one_line(error)})") from None
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB.
-
-    EXIF orientation is applied; alpha is dropped; grayscale, palette, CMYK and 16-bit are converted.
-    """
-    path = Path(path)
-    image = _open(path)
-    if image.mode == "F":
-        image = Image.fromarray(_float_to_uint8(path, np.asarray(image, dtype=np.float64)))
-    try:
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            scaled = np.asarray(image, dtype=np.float64)
-            peak = 65535.0 if scaled.max(initial=0) > 255 else 255.0
-            image = Image.fromarray(np.clip(scaled / peak * 255, 0, 255).round().astype(np.uint8))
-        array = np.asarray(image.convert("RGB"))
-    except Exception as error:  # exotic modes Pillow cannot convert
-        raise InputError(path, f"cannot convert image to RGB ({_one_line(error)})") from None
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise InputError(path, "image has no pixels")
-    return array
-
-
-def _float_to_uint8(path: Path, values: np.ndarray) -> np.ndarray:
-    """A float image to uint8: values in [0, 1] are scaled to 0-255, values in [0, 255] kept; else refused."""
-    if not np.isfinite(values).all():
-        raise InputError(path, "floating-point image holds NaN or infinite values")
-    low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
-    if low < 0 or high > 255:
-        raise InputError(path, f"floating-point image with values {low:g} to {high:g}; expected 0-1 or 0-255")
-    scale = 255.0 if high <= 1 else 1.0
-    return np.clip(values * scale, 0, 255).round().astype(np.uint8)
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask as (H, W) uint8 grayscale (0-255); binarize it with :func:`polypseg.classes.binarize_mask`.
-
-    A colour mask (RGB, palette, CMYK...) gives the largest of its red, green and blue values, so any clearly
-    non-black colour (a pure red polyp on black, for instance) is a polyp; for grey masks stored as RGB, such
-    as Kvasir-SEG's JPEGs, that is their grey value. Alpha is ignored.
-    """
-    path = Path(path)
-    image = _open(path)
-    try:
-        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-            mask = (
-                np.where(values > 0, 255, 0).astype(np.uint8)
-                if values.max(initial=0) <= 1
-                else (np.clip(values / max(values.max(), 1) * 255, 0, 255).astype(np.uint8))
-            )
-        elif image.mode == "1":
-            mask = np.asarray(image, dtype=np.uint8) * 255
-        elif image.mode in ("L", "LA", "La"):
-            mask = np.asarray(image.convert("L"))
-        else:  # colour: the brightest channel, so that a red or green mask is not read as dark grey
-            mask = np.asarray(image.convert("RGB")).max(axis=2)
-    except Exception as error:  # exotic modes Pillow cannot convert
-        raise InputError(path, f"cannot convert mask to grayscale ({_one_line(error)})") from None
-    if mask.shape[0] < 1 or mask.shape[1] < 1:
-        raise InputError(path, "mask has no pixels")
-    return mask
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -330,3 +224,101 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
                 continue
             stale.append(path)
     return stale
+
+
+def refuse_existing(paths: Iterable[str | Path], overwrite: bool) -> None:
+    """The ``--overwrite`` rule: raise :class:`FileExistsError` naming the first of ``paths`` that exists.
+
+    Does nothing when ``overwrite`` is True.
+    """
+    if overwrite:
+        return
+    for path in paths:
+        if Path(path).exists():
+            raise FileExistsError(f"{path}: exists; pass --overwrite to replace it")
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[dict[str, object]]) -> str:
+    """A CSV file's text: a header of ``columns`` and one line per row (``csv.DictWriter``'s dialect)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def atomic_write_csv(
+    path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, object]], durable: bool = False
+) -> None:
+    """Write :func:`csv_text` atomically (see :func:`atomic_write`)."""
+    atomic_write_text(path, csv_text(columns, rows), durable=durable)
+
+
+def _is_visible_image(path: Path, folder: Path) -> bool:
+    """An image file not hidden under ``folder`` (no ``.DS_Store``, ``._x.jpg`` or ``.cache/`` entries)."""
+    hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+    return not hidden and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _resolved(path: Path) -> Path:
+    """The absolute path without symbolic links, ``.`` or ``..``: one name per file."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic-link loop
+        return Path(os.path.abspath(path))
+
+
+def expand_inputs(inputs: Iterable[str | Path], exclude: str | Path | None = None) -> tuple[list[Path], list[str]]:
+    """Files, folders and glob patterns -> image paths, and problems.
+
+    A folder is searched recursively for files with an image suffix; hidden files and folders (names
+    starting with ".", such as macOS ``._IMG.jpg`` resource forks) are skipped. Files named explicitly
+    are always used. A file given several times, under any names (relative, absolute, ``x/../x``, a
+    symbolic link), is used once, under the first name given.
+
+    Args:
+        inputs: Files, folders and glob patterns.
+        exclude: A folder whose files are never inputs, such as the output folder of ``predict``: when it
+            lies inside an input folder it is skipped, and a file or folder given inside it is reported.
+
+    Returns:
+        The paths in a stable order (duplicates removed) and one-line messages for inputs that match nothing.
+    """
+    excluded = _resolved(Path(exclude)) if exclude is not None else None
+
+    def inside_excluded(resolved: Path) -> bool:
+        return excluded is not None and resolved.is_relative_to(excluded)
+
+    found_paths: dict[Path, Path] = {}  # resolved -> as given
+    problems: list[str] = []
+
+    def add(candidates: Iterable[Path]) -> int:
+        """Add the paths outside the excluded folder; return how many that were."""
+        kept = 0
+        for candidate in candidates:
+            resolved = _resolved(candidate)
+            if not inside_excluded(resolved):
+                found_paths.setdefault(resolved, candidate)
+                kept += 1
+        return kept
+
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if path.exists() and inside_excluded(_resolved(path)):
+            problems.append(f"{path}: is the output folder or inside it; its files are not read as inputs")
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if _is_visible_image(p, path))
+            if not found:
+                problems.append(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            elif not add(found):
+                problems.append(f"{path}: folder holds no images outside the output folder")
+        elif path.exists():
+            add([path])
+        elif glob.has_magic(text):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not add(found):
+                problems.append(f"{text}: pattern matches no files" + (" outside the output folder" if found else ""))
+        else:
+            problems.append(f"{path}: file not found")
+    return list(found_paths.values()), problems

@@ -36,6 +36,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from polypseg.deploy.backends import (
+    OnnxRuntimeBackend,
+    OpenVINOBackend,
+    TorchBackend,
+    choose_backend,
+    installed_backends,
+)
+from polypseg.deploy.export import export_onnx, quantize_int8
+from polypseg.files import atomic_write_text
+from polypseg.hardware import cpu_flags, cpu_supports_bf16, native_bf16_evidence
+from polypseg.images import network_input, read_image
+from polypseg.inference import Predictor, predict_files
+from polypseg.losses import CombinedLoss
+from polypseg.model import UNet
+from polypseg.weights import bundled_examples_dir, load_pretrained
 
 __all__ = [
     "AUTO_TOLERANCE",
@@ -102,10 +119,6 @@ class BenchmarkResult:
 
 def model_gflops(base_channels: int, size: int = 256) -> float:
     """Forward-pass GFLOPs (multiply-add = 2 FLOPs) of one image, counted by torch's FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from polypseg.model import UNet
-
     model = UNet(base_channels=base_channels).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
@@ -127,10 +140,6 @@ def _timed(function: Any, warmup: int, min_seconds: float, min_repeats: int) -> 
 
 
 def _backend(case: BenchmarkCase, workdir: Path) -> Any:
-    from polypseg.backends import OnnxRuntimeBackend, OpenVINOBackend, TorchBackend
-    from polypseg.export import export_onnx, images_for, quantize_int8
-    from polypseg.model import UNet
-
     if case.backend not in ("torch", "onnxruntime", "openvino"):
         raise ValueError(f"unknown backend {case.backend!r}")
     torch.manual_seed(0)
@@ -152,9 +161,7 @@ def _backend(case: BenchmarkCase, workdir: Path) -> Any:
     if case.precision == "int8":  # quantised as `polypseg export --int8` does, on the bundled examples
         import openvino as ov
 
-        from polypseg.weights import bundled_examples_dir
-
-        calibration = images_for(sorted(bundled_examples_dir().glob("*.jpg")), 256)
+        calibration = network_input([read_image(p) for p in sorted(bundled_examples_dir().glob("*.jpg"))], 256)
         quantised = quantize_int8(ov.convert_model(str(onnx_path)), calibration)
         path = workdir / f"unet{case.base_channels}_int8.xml"
         ov.save_model(quantised, str(path), compress_to_fp16=False)
@@ -178,7 +185,6 @@ def predict_inputs(folder: Path, count: int | None = None, source: Path | None =
     found = sorted(source.glob("*.jpg")) if source.is_dir() else []
     if found:
         return found[:: max(len(found) // count, 1)][:count]
-    from polypseg.weights import bundled_examples_dir
 
     examples = sorted(bundled_examples_dir().glob("*.jpg"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -193,9 +199,6 @@ def predict_inputs(folder: Path, count: int | None = None, source: Path | None =
 
 def _measure_predict(case: BenchmarkCase, path: Path) -> tuple[float, dict[str, Any]]:
     """images/s of ``predict_files`` with the bundled model: images written (CSV rows) over seconds."""
-    from polypseg.inference import Predictor, predict_files
-    from polypseg.weights import load_pretrained
-
     predictor = Predictor(load_pretrained(), precision=case.precision)
     inputs = predict_inputs(path / "predict-inputs")
     predict_files(predictor, inputs[:2], path / "predict-warmup", batch_size=case.batch_size, overwrite=True)
@@ -221,9 +224,6 @@ def _measure(case: BenchmarkCase, workdir: str, seconds: float) -> dict[str, Any
         per_batch, warmup_seconds = _timed(lambda: backend(images), warmup, min_seconds=seconds, min_repeats=2)
         speed = case.batch_size / per_batch
     elif case.kind == "train":
-        from polypseg.losses import CombinedLoss
-        from polypseg.model import UNet
-
         model = UNet(base_channels=case.base_channels).to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         forward = torch.compile(model) if case.compile else model  # as TrainConfig.compile: the model only
@@ -267,8 +267,6 @@ def default_cases(quick: bool) -> list[BenchmarkCase]:
 
     Each entry of ``variants`` is (backend, precision, channels_last, torch.compile).
     """
-    from polypseg.backends import installed_backends
-
     backends = installed_backends()
     variants = [("torch", "32", False, False), ("torch", "32", True, False)]
     if not quick:  # compiling costs tens of seconds per case: full run only
@@ -333,7 +331,6 @@ def run_benchmark(
                 "summary": auto_summary(results, choices),
             },
         }
-        from polypseg.io import atomic_write_text
 
         atomic_write_text(Path(out), json.dumps(payload, indent=2) + "\n")
     return results
@@ -371,9 +368,6 @@ def auto_choices(widths: Any) -> dict[int, dict[str, Any]]:
         ``{width: {"weights": BackendChoice, "int8_export": BackendChoice}}``: the choice for ordinary
         weights, and for an OpenVINO export holding ``model_int8.xml`` (the same where OpenVINO is missing).
     """
-    from polypseg.backends import choose_backend, installed_backends
-    from polypseg.hardware import cpu_supports_bf16, native_bf16_evidence
-
     installed, native, evidence = installed_backends(), cpu_supports_bf16(), native_bf16_evidence()
     return {
         width: {
@@ -487,8 +481,6 @@ def _format_auto_summary(summary: list[dict[str, Any]]) -> list[str]:
 
 def machine_header() -> str:
     """One line: the CPU, its cores and the flags that decide the fast paths, and whether bf16 is native."""
-    from polypseg.hardware import cpu_flags, native_bf16_evidence
-
     machine = _machine()
     flags = ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in cpu_flags().items())
     native = "yes" if machine["native_bf16"] else "no"
@@ -499,8 +491,6 @@ def machine_header() -> str:
 
 
 def _machine() -> dict[str, Any]:
-    from polypseg.hardware import cpu_flags, cpu_supports_bf16
-
     model = ""
     try:
         model = next(
