@@ -296,19 +296,22 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(weights: str | None, inputs: Sequence[str], args: argparse.Namespace) -> int:
-    from polypseg.inference import Predictor, predict_files, print_result
+    from polypseg.inference import Predictor, expand_inputs, predict_files, print_result
     from polypseg.video import predict_videos, print_video_result, split_video_inputs
 
     start = time.perf_counter()
+    videos, inputs = split_video_inputs(inputs)
+    # How many images auto's first-export decision is for (a video: many frames, so unknown here).
+    count = None if videos or args.backend != "auto" else len(expand_inputs(inputs, exclude=args.out)[0])
     predictor = Predictor.from_pretrained(
         weights,
         backend=args.backend,
         precision=args.precision,
         tta=args.tta,
         min_polyp_fraction=args.min_polyp_area / 100.0,
+        images=count,
     )
     export_seconds = _report_backend(predictor.backend)
-    videos, inputs = split_video_inputs(inputs)
     ok = True
     if inputs or not videos:
         summary = predict_files(

@@ -285,12 +285,17 @@ class CachedExport:
         return f"exported the model for {self.fmt} in {self.seconds:.1f} s (cached in {self.path})"
 
 
-def _cached_export(weights: str | Path | None, fmt: str) -> CachedExport:
-    """Export once per weights file content and format; later calls reuse the folder."""
+def _cache_target(weights: str | Path | None, fmt: str) -> Path:
+    """The export cache folder for these weights (by file content) and format."""
     resolved = resolve_weights(weights)
     weights_file = resolved / WEIGHTS_NAME if resolved.is_dir() else resolved
     digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()[:20]
-    target = export_cache_dir() / f"{digest}-{fmt}"
+    return export_cache_dir() / f"{digest}-{fmt}"
+
+
+def _cached_export(weights: str | Path | None, fmt: str) -> CachedExport:
+    """Export once per weights file content and format; later calls reuse the folder."""
+    target = _cache_target(weights, fmt)
     if _is_export(target):
         return CachedExport(target, fmt)
     start = time.perf_counter()
@@ -307,12 +312,15 @@ def _cached_export(weights: str | Path | None, fmt: str) -> CachedExport:
     return made
 
 
-def plan_auto_backend(weights: str | Path | None = None, precision: str = "auto") -> BackendChoice:
+def plan_auto_backend(
+    weights: str | Path | None = None, precision: str = "auto", images: int | None = None
+) -> BackendChoice:
     """What ``--backend auto`` runs for these weights on this machine (see :func:`~polypseg.backends.choose_backend`).
 
     The runtimes offered are the installed ones that can run the weights: an export folder excludes PyTorch
     (and ONNX Runtime where it holds no ``model.onnx``); an OpenVINO export with ``model_int8.xml`` offers
-    int8. The model's width comes from its ``config.json``.
+    int8. The model's width comes from its ``config.json``. ``images`` (how many are about to be segmented;
+    ``None``: unknown) and whether an OpenVINO export is already cached decide whether a first export pays.
     """
     resolved = resolve_weights(weights)
     folder = resolved if resolved.is_dir() else resolved.parent
@@ -330,10 +338,14 @@ def plan_auto_backend(weights: str | Path | None = None, precision: str = "auto"
         base_channels=width if isinstance(width, int) else None,
         precision=precision,
         bf16_evidence=native_bf16_evidence(),
+        images=images,
+        export_ready=exported or _is_export(_cache_target(weights, "openvino")),
     )
 
 
-def load_backend(weights: str | Path | None = None, backend: str = "torch", precision: str = "auto") -> Backend:
+def load_backend(
+    weights: str | Path | None = None, backend: str = "torch", precision: str = "auto", images: int | None = None
+) -> Backend:
     """Build an inference backend for weights, exporting (once, cached) when the runtime needs it.
 
     The backend returned carries what was decided on the way, for callers that report it (``predict``):
@@ -349,13 +361,16 @@ def load_backend(weights: str | Path | None = None, backend: str = "torch", prec
             int8 export, else bf16 where the CPU computes it natively, else fp32).
         precision: ``"auto"`` (bf16 where the CPU computes it natively, else fp32), ``"32"``, ``"bf16"``
             (torch, openvino) or ``"int8"`` (openvino, from an export made with ``--int8``).
+        images: For ``auto``: how many images are about to be segmented (``None``: unknown or many); with
+            few images and no export made yet, a first export is not worth it (see
+            :func:`~polypseg.backends.choose_backend`).
 
     Raises:
         ValueError: An unknown backend or a precision the backend does not offer.
     """
     choice = None
     if backend == "auto":
-        choice = plan_auto_backend(weights, precision)
+        choice = plan_auto_backend(weights, precision, images)
         backend, precision = choice.backend, choice.precision
         logger.info("backend auto: %s", choice)
     if backend not in ("torch", "onnxruntime", "openvino"):
