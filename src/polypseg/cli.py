@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -579,18 +581,39 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``polypseg`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return args.handler(args)
     except (ValueError, OSError, ImportError) as error:  # ImportError: an optional extra is not installed
         print(f"polypseg {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except SystemExit as exit_:
-        if not _is_sigterm(exit_):
+    except (SystemExit, Terminated) as exit_:
+        if isinstance(exit_, SystemExit) and not _is_sigterm(exit_):
             raise
         # Lightning stops train/evaluate on SIGTERM by raising SystemExit(None), which would exit 0. A run
         # stops between batches: its last completed epoch's checkpoint stands and --resume continues from it.
+        # Elsewhere (loading data or weights, predict) _on_sigterm unwinds the command, so temporary files
+        # are removed on the way out.
         print(f"polypseg {args.command}: terminated (SIGTERM)", file=sys.stderr)
         return SIGTERM_EXIT_CODE
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler of :func:`main` (a ``BaseException``, so ``except Exception`` lets it by)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM outside Lightning's fit/test loops: unwind the command (``main`` then exits 143 with a line).
+
+    While Lightning runs, its own handler is installed and calls this one after it; Lightning then stops
+    between batches (``SIGTERMException``), so this handler does nothing.
+    """
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        raise Terminated
 
 
 #: The exit code of a command stopped by SIGTERM (128 + 15, as a shell reports a process killed by it).
