@@ -8,7 +8,13 @@ import pytest
 
 from polypseg.apps.cli import _throughput, main
 from polypseg.deploy import runtime as export
-from polypseg.deploy.backends import SMALL_MODEL_CHANNELS, BackendChoice, TorchBackend, choose_backend
+from polypseg.deploy.backends import (
+    FIRST_EXPORT_MIN_IMAGES,
+    SMALL_MODEL_CHANNELS,
+    BackendChoice,
+    TorchBackend,
+    choose_backend,
+)
 from polypseg.deploy.runtime import CachedExport, plan_auto_backend
 from polypseg.hardware import NATIVE_BF16_ENV
 from polypseg.inference import predictor as predictor_module
@@ -68,6 +74,46 @@ def test_fallbacks_where_runtimes_are_missing():
         "onnxruntime",
         "32",
     )
+
+
+@pytest.mark.parametrize("width", [32, 64, None])
+def test_first_use_with_few_images_skips_the_openvino_export_on_native_bf16(width):
+    """Measured (width 64, 40 JPEGs, AVX512-BF16): OpenVINO's first export (13.5 s) made auto as slow as fp32."""
+    few = FIRST_EXPORT_MIN_IMAGES - 1
+    choice = choose_backend(ALL, native_bf16=True, base_channels=width, images=few, export_ready=False)
+    assert (choice.backend, choice.precision) == ("torch", "bf16")
+    assert f"{few} images do not pay for a first OpenVINO export" in choice.reason
+    one = choose_backend(ALL, native_bf16=True, base_channels=width, images=1, export_ready=False)
+    assert "1 image does not pay" in one.reason
+    # Many images, an unknown count (a video) or an export made already: OpenVINO bf16 as before.
+    for images, ready in ((FIRST_EXPORT_MIN_IMAGES, False), (None, False), (few, True)):
+        again = choose_backend(ALL, native_bf16=True, base_channels=width, images=images, export_ready=ready)
+        assert again[:2] == ("openvino", "bf16")
+    # Only native bf16 has a no-export runtime as fast as that; without it the rule does not change.
+    assert choose_backend(ALL, native_bf16=False, base_channels=width, images=1, export_ready=False)[:2] == (
+        "openvino",
+        "32",
+    )
+    # An explicit precision is not second-guessed.
+    assert choose_backend(ALL, native_bf16=True, base_channels=width, images=1, export_ready=False, precision="bf16")[
+        :2
+    ] == ("openvino", "bf16")
+
+
+@pytest.mark.parametrize("flag", ["0", "1"])
+def test_plan_knows_whether_an_export_is_cached(tiny_unet, tmp_path, monkeypatch, flag):
+    from polypseg.model import UNet
+
+    monkeypatch.setattr(export, "installed_backends", lambda: list(ALL))
+    monkeypatch.setenv(NATIVE_BF16_ENV, flag)
+    monkeypatch.setenv("POLYPSEG_CACHE", str(tmp_path / "cache"))
+    weights = save_pretrained(UNet(3, 3, base_channels=24), tmp_path / "w24", metadata={"input_size": [64, 64]})
+    first = plan_auto_backend(weights, images=3)
+    assert first[:2] == (("torch", "bf16") if flag == "1" else ("openvino", "32"))
+    cached = export._cache_target(weights, "openvino")
+    cached.mkdir(parents=True)
+    (cached / "model.xml").write_bytes(b"")  # an export made earlier: OpenVINO costs nothing more now
+    assert plan_auto_backend(weights, images=3)[:2] == ("openvino", "bf16" if flag == "1" else "32")
 
 
 def test_an_explicit_precision_is_kept():
@@ -137,12 +183,33 @@ def test_predict_auto_says_once_what_it_chose(
     assert "1 images segmented" in captured.out and "images/s" in captured.out
 
 
+def test_predict_auto_counts_its_images_for_the_first_export(width8_weights, write_image, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_load_backend(weights, backend, precision, images=None):
+        seen.update(backend=backend, images=images)
+        from polypseg.weights import load_pretrained
+
+        return TorchBackend(load_pretrained(weights), "32")
+
+    monkeypatch.setattr(export, "load_backend", fake_load_backend)
+    folder = tmp_path / "in"
+    for name in ("a.jpg", "b.png", "sub/c.jpg"):
+        write_image(folder / name, size=(40, 30))
+    out = folder / "pred"  # inside the input folder: its files are never counted
+    args = ["predict", "--weights", str(width8_weights), str(folder), str(folder / "a.jpg"), "--out", str(out)]
+    assert main(["predict", "--backend", "auto", *args[1:]]) == 0
+    assert seen == {"backend": "auto", "images": 3}
+    assert main([*args, "--overwrite"]) == 0  # not auto: the inputs are not listed twice
+    assert seen == {"backend": "torch", "images": None}
+
+
 def test_predict_reports_the_first_export_apart_from_the_speed(
     width8_weights, write_image, tmp_path, monkeypatch, capsys
 ):
     from polypseg.weights import load_pretrained
 
-    def fake_load_backend(weights, backend, precision):
+    def fake_load_backend(weights, backend, precision, images=None):
         loaded = TorchBackend(load_pretrained(weights), "32")
         loaded.export = CachedExport(tmp_path / "cache" / "x-onnx", "onnx", 12.3)
         loaded.auto_choice = BackendChoice("onnxruntime", "32", "CPU has no native bf16")

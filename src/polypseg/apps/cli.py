@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from polypseg.evaluation import (
 )
 from polypseg.evaluation.parity import export_parity
 from polypseg.evaluation.reports import EVALUATION_FIGURES, plot_training_curves, write_evaluation_figures
-from polypseg.files import atomic_write_text, refuse_existing
+from polypseg.files import atomic_write_text, expand_inputs, refuse_existing
 from polypseg.inference import Predictor, predict_files, print_result
 from polypseg.inference.video import predict_videos, print_video_result, split_video_inputs
 from polypseg.publish import model_card, push_to_hub
@@ -329,15 +331,18 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 def _run_predict(weights: str | None, inputs: Sequence[str], options: PredictOptions) -> int:
     """Segment images and videos with ``options``; print one line per input and a summary; the exit code."""
     start = time.perf_counter()
+    videos, inputs = split_video_inputs(inputs)
+    # How many images auto's first-export decision is for (a video: many frames, so unknown here).
+    count = None if videos or options.backend != "auto" else len(expand_inputs(inputs, exclude=options.out)[0])
     predictor = Predictor.from_pretrained(
         weights,
         backend=options.backend,
         precision=options.precision,
         tta=options.tta,
         min_polyp_fraction=options.min_polyp_area / 100.0,
+        images=count,
     )
     export_seconds = _report_backend(predictor.backend)
-    videos, inputs = split_video_inputs(inputs)
     ok = True
     if inputs or not videos:
         summary = predict_files(
@@ -594,18 +599,39 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``polypseg`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return args.handler(args)
     except (ValueError, OSError, ImportError) as error:  # ImportError: an optional extra is not installed
         print(f"polypseg {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except SystemExit as exit_:
-        if not _is_sigterm(exit_):
+    except (SystemExit, Terminated) as exit_:
+        if isinstance(exit_, SystemExit) and not _is_sigterm(exit_):
             raise
         # Lightning stops train/evaluate on SIGTERM by raising SystemExit(None), which would exit 0. A run
         # stops between batches: its last completed epoch's checkpoint stands and --resume continues from it.
+        # Elsewhere (loading data or weights, predict) _on_sigterm unwinds the command, so temporary files
+        # are removed on the way out.
         print(f"polypseg {args.command}: terminated (SIGTERM)", file=sys.stderr)
         return SIGTERM_EXIT_CODE
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler of :func:`main` (a ``BaseException``, so ``except Exception`` lets it by)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM outside Lightning's fit/test loops: unwind the command (``main`` then exits 143 with a line).
+
+    While Lightning runs, its own handler is installed and calls this one after it; Lightning then stops
+    between batches (``SIGTERMException``), so this handler does nothing.
+    """
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        raise Terminated
 
 
 #: The exit code of a command stopped by SIGTERM (128 + 15, as a shell reports a process killed by it).

@@ -74,6 +74,13 @@ def installed_backends() -> list[str]:
 #: fp32 on an AVX-512 + VNNI Xeon), while OpenVINO fp32 led for the full width-64 model (1.87x vs 1.50x).
 SMALL_MODEL_CHANNELS = 16
 
+#: On a CPU with native bf16, a first OpenVINO export (about 13.5 s for the width-64 model on a 2-core AMD
+#: EPYC with AVX512-BF16) pays for itself over PyTorch bf16 only from about this many images: measured end to
+#: end there on 40 Kvasir-SEG JPEGs, OpenVINO bf16 with its first export took 35.8 s and PyTorch fp32 36.4 s,
+#: while OpenVINO bf16 from the cache took 18.8 s. Below it, and with no export made yet, ``auto`` runs
+#: PyTorch bf16 (no export) and leaves OpenVINO for larger batches and later runs.
+FIRST_EXPORT_MIN_IMAGES = 100
+
 
 class BackendChoice(NamedTuple):
     """What ``--backend auto`` runs.
@@ -98,6 +105,8 @@ def choose_backend(
     base_channels: int | None = None,
     precision: str = "auto",
     bf16_evidence: str | None = None,
+    images: int | None = None,
+    export_ready: bool = True,
 ) -> BackendChoice:
     """The fastest runtime and precision for ``--backend auto``, from what is installed and the CPU.
 
@@ -117,6 +126,10 @@ def choose_backend(
        :data:`SMALL_MODEL_CHANNELS`), where ONNX Runtime comes first (1.19x vs 0.75x at width 16, batch 8);
        PyTorch fp32 where neither runtime is installed.
 
+    First use: where step 2 would take OpenVINO bf16 but no export of these weights exists yet
+    (``export_ready`` false) and fewer than :data:`FIRST_EXPORT_MIN_IMAGES` images are to be segmented,
+    PyTorch bf16 runs instead: the export would cost more than it saves on so few images.
+
     An explicit ``precision`` (``"32"``, ``"bf16"``, ``"int8"``) keeps the runtime choice within what runs
     that precision.
 
@@ -128,6 +141,9 @@ def choose_backend(
         base_channels: The model's width (``None``: unknown, treated as a full-size model).
         precision: ``"auto"``, ``"32"``, ``"bf16"`` or ``"int8"``.
         bf16_evidence: What says the CPU has (or lacks) native bf16, e.g. ``"avx512_bf16"``, for ``reason``.
+        images: How many images are about to be segmented (``None``: unknown or many, e.g. a video).
+        export_ready: Whether an OpenVINO export of these weights exists already (an export folder, or
+            one in the export cache), so choosing OpenVINO costs no export now.
 
     Returns:
         The backend, precision and the reason, e.g. ``openvino bf16 (CPU has native bf16: avx512_bf16)``.
@@ -141,6 +157,8 @@ def choose_backend(
         BackendChoice(backend='openvino', precision='bf16', reason='CPU has native bf16: avx512_bf16')
         >>> str(choose_backend(["onnxruntime", "openvino", "torch"], native_bf16=False, base_channels=64))
         'openvino fp32 (CPU has no native bf16; OpenVINO leads fp32 for full-size models)'
+        >>> str(choose_backend(["openvino", "torch"], native_bf16=True, images=40, export_ready=False))
+        'torch bf16 (CPU has native bf16; 40 images do not pay for a first OpenVINO export (from 100 or once cached))'
     """
     if precision not in ("auto", "32", "bf16", "int8"):
         raise ValueError(f"precision must be auto, 32, bf16 or int8, got {precision!r}")
@@ -155,6 +173,20 @@ def choose_backend(
     if precision == "bf16" or (precision == "auto" and native_bf16):
         why = "CPU has native bf16" + bf16_note if native_bf16 else "precision bf16 asked for"
         small = base_channels is not None and base_channels <= SMALL_MODEL_CHANNELS
+        first_use = (
+            precision == "auto"
+            and not export_ready
+            and images is not None
+            and images < FIRST_EXPORT_MIN_IMAGES
+            and "torch" in installed
+        )
+        if first_use and not small:
+            return BackendChoice(
+                "torch",
+                "bf16",
+                f"{why}; {images} image{'s do' if images != 1 else ' does'} not pay for a first OpenVINO export "
+                f"(from {FIRST_EXPORT_MIN_IMAGES} or once cached)",
+            )
         for backend in ("torch", "openvino") if small else ("openvino", "torch"):
             if backend in installed:
                 if small and backend == "torch":

@@ -56,10 +56,15 @@ class CachedExport:
         return f"exported the model for {self.fmt} in {self.seconds:.1f} s (cached in {self.path})"
 
 
+def _cache_target(weights: Weights, fmt: str) -> Path:
+    """The export cache folder for these weights (by file content) and format."""
+    digest = hashlib.sha256(weights.weights_file.read_bytes()).hexdigest()[:20]
+    return export_cache_dir() / f"{digest}-{fmt}"
+
+
 def _cached_export(weights: Weights, fmt: str) -> CachedExport:
     """Export once per weights file content and format; later calls reuse the folder."""
-    digest = hashlib.sha256(weights.weights_file.read_bytes()).hexdigest()[:20]
-    target = export_cache_dir() / f"{digest}-{fmt}"
+    target = _cache_target(weights, fmt)
     if _is_export(target):
         return CachedExport(target, fmt)
     start = time.perf_counter()
@@ -76,12 +81,13 @@ def _cached_export(weights: Weights, fmt: str) -> CachedExport:
     return made
 
 
-def plan_auto_backend(weights: WeightsLike = None, precision: str = "auto") -> BackendChoice:
+def plan_auto_backend(weights: WeightsLike = None, precision: str = "auto", images: int | None = None) -> BackendChoice:
     """What ``--backend auto`` runs for these weights on this machine (see :func:`~polypseg.backends.choose_backend`).
 
     The runtimes offered are the installed ones that can run the weights: an export folder excludes PyTorch
     (and ONNX Runtime where it holds no ``model.onnx``); an OpenVINO export with ``model_int8.xml`` offers
-    int8. The model's width comes from its ``config.json``.
+    int8. The model's width comes from its ``config.json``. ``images`` (how many are about to be segmented;
+    ``None``: unknown) and whether an OpenVINO export is already cached decide whether a first export pays.
     """
     weights = resolve(weights)
     folder, exported = weights.folder, weights.is_export
@@ -97,10 +103,14 @@ def plan_auto_backend(weights: WeightsLike = None, precision: str = "auto") -> B
         base_channels=weights.config.base_channels,
         precision=precision,
         bf16_evidence=native_bf16_evidence(),
+        images=images,
+        export_ready=exported or _is_export(_cache_target(weights, "openvino")),
     )
 
 
-def load_backend(weights: WeightsLike = None, backend: str = "torch", precision: str = "auto") -> Backend:
+def load_backend(
+    weights: WeightsLike = None, backend: str = "torch", precision: str = "auto", images: int | None = None
+) -> Backend:
     """Build an inference backend for weights, exporting (once, cached) when the runtime needs it.
 
     The backend returned carries what was decided on the way, for callers that report it (``predict``):
@@ -116,6 +126,9 @@ def load_backend(weights: WeightsLike = None, backend: str = "torch", precision:
             int8 export, else bf16 where the CPU computes it natively, else fp32).
         precision: ``"auto"`` (bf16 where the CPU computes it natively, else fp32), ``"32"``, ``"bf16"``
             (torch, openvino) or ``"int8"`` (openvino, from an export made with ``--int8``).
+        images: For ``auto``: how many images are about to be segmented (``None``: unknown or many); with
+            few images and no export made yet, a first export is not worth it (see
+            :func:`~polypseg.deploy.backends.choose_backend`).
 
     Raises:
         ValueError: An unknown backend or a precision the backend does not offer.
@@ -123,7 +136,7 @@ def load_backend(weights: WeightsLike = None, backend: str = "torch", precision:
     weights = resolve(weights)
     choice = None
     if backend == "auto":
-        choice = plan_auto_backend(weights, precision)
+        choice = plan_auto_backend(weights, precision, images)
         backend, precision = choice.backend, choice.precision
         logger.info("backend auto: %s", choice)
     if backend not in ("torch", "onnxruntime", "openvino"):

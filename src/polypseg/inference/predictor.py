@@ -121,6 +121,7 @@ class Predictor:
         backend: str = "torch",
         precision: str = "auto",
         tta: bool = False,
+        images: int | None = None,
         **kwargs: object,
     ) -> Predictor:
         """Load weights (see :func:`polypseg.load_pretrained`; ``None`` is the bundled model).
@@ -132,10 +133,12 @@ class Predictor:
                 see :func:`polypseg.deploy.runtime.load_backend`, which exports once and caches the result).
             precision: ``"auto"``, ``"32"``, ``"bf16"`` or (OpenVINO) ``"int8"``.
             tta: Flip test-time augmentation (see the class), with any backend.
+            images: For ``backend="auto"``: how many images are about to be segmented (``None``: unknown
+                or many), so that a first export is made only where it pays.
             **kwargs: Passed to the constructor (``min_polyp_fraction``, ``device``).
         """
         weights = resolve(weights)
-        loaded = load_backend(weights, backend, precision)
+        loaded = load_backend(weights, backend, precision, images)
         return cls(loaded, image_size=weights.config.input_size, tta=tta, **kwargs)  # type: ignore[arg-type]
 
     def network_input(self, images: Sequence[np.ndarray]) -> np.ndarray:
