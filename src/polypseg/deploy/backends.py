@@ -74,12 +74,12 @@ def installed_backends() -> list[str]:
 #: fp32 on an AVX-512 + VNNI Xeon), while OpenVINO fp32 led for the full width-64 model (1.87x vs 1.50x).
 SMALL_MODEL_CHANNELS = 16
 
-#: On a CPU with native bf16, a first OpenVINO export (about 13.5 s for the width-64 model on a 2-core AMD
-#: EPYC with AVX512-BF16) pays for itself over PyTorch bf16 only from about this many images: measured end to
-#: end there on 40 Kvasir-SEG JPEGs, OpenVINO bf16 with its first export took 35.8 s and PyTorch fp32 36.4 s,
-#: while OpenVINO bf16 from the cache took 18.8 s. Below it, and with no export made yet, ``auto`` runs
-#: PyTorch bf16 (no export) and leaves OpenVINO for larger batches and later runs.
-FIRST_EXPORT_MIN_IMAGES = 100
+#: On a CPU with native bf16, a first OpenVINO export pays for itself over PyTorch bf16 only from about this
+#: many images. Measured end to end (``scripts/first_use_speed.sh``: 40 Kvasir-SEG JPEGs, width 64, a 2-core
+#: AMD EPYC with AVX512-BF16): PyTorch bf16 18.9 s, OpenVINO bf16 with its first export 29.7 s, from the
+#: cache 15.1 s, so the export costs about 14.6 s and saves about 0.095 s an image. Below this count, and
+#: with no export made yet, ``auto`` runs PyTorch bf16 and leaves OpenVINO for larger batches and later runs.
+FIRST_EXPORT_MIN_IMAGES = 150
 
 
 class BackendChoice(NamedTuple):
@@ -158,7 +158,7 @@ def choose_backend(
         >>> str(choose_backend(["onnxruntime", "openvino", "torch"], native_bf16=False, base_channels=64))
         'openvino fp32 (CPU has no native bf16; OpenVINO leads fp32 for full-size models)'
         >>> str(choose_backend(["openvino", "torch"], native_bf16=True, images=40, export_ready=False))
-        'torch bf16 (CPU has native bf16; 40 images do not pay for a first OpenVINO export (from 100 or once cached))'
+        'torch bf16 (CPU has native bf16; 40 images do not pay for a first OpenVINO export (from 150 or once cached))'
     """
     if precision not in ("auto", "32", "bf16", "int8"):
         raise ValueError(f"precision must be auto, 32, bf16 or int8, got {precision!r}")
