@@ -62,7 +62,8 @@ def test_binary_flip_tta_averages_sigmoid_probabilities():
         averaged = flip_tta(model, images)
         flips = [(), (-1,), (-2,), (-2, -1)]
         outputs = [model(torch.flip(images, d)) for d in flips]
-        expected = torch.stack([torch.sigmoid(torch.flip(o, d) if d else o) for o, d in zip(outputs, flips)]).mean(0)
+        back = [torch.flip(o, d) if d else o for o, d in zip(outputs, flips, strict=True)]
+        expected = torch.sigmoid(torch.stack(back)).mean(0)
     assert averaged.shape == (2, 1, 32, 32)
     assert (torch.sigmoid(averaged) - expected).abs().max() < 1e-5
 
@@ -202,8 +203,9 @@ def test_binary_export_has_parity(binary_run, tmp_path):
     assert config["task"] == "binary" and config["num_classes"] == 1
     (parity,) = report.parity
     assert parity.max_abs_logit_difference < 1e-3 and parity.argmax_agreement > 0.999
-    torch_map = Predictor.from_pretrained(binary_run, precision="32").predict(np.asarray(Image.open(image)))
-    onnx_map = Predictor.from_pretrained(tmp_path / "onnx", backend="onnxruntime").predict(np.asarray(Image.open(image)))
+    pixels = np.asarray(Image.open(image))
+    torch_map = Predictor.from_pretrained(binary_run, precision="32").predict(pixels)
+    onnx_map = Predictor.from_pretrained(tmp_path / "onnx", backend="onnxruntime").predict(pixels)
     assert (torch_map.class_map == onnx_map.class_map).mean() > 0.999
 
 
@@ -252,10 +254,14 @@ def test_inspect_picks_the_order_of_trained_weights(synthetic_dataset, tmp_path,
     data = synthetic_dataset(sizes=[(64, 64)] * 8, mask_suffix=".png")
     model = _fit_tiny_unet(data, "up-skip")
     # A foreign file: only tensors, no config.json; structure says binary, width 4; the order is unknowable.
-    path = tmp_path / "foreign.safetensors"
+    path = tmp_path / "foreign" / "model.safetensors"
+    path.parent.mkdir()
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
     info = inspect_weights(path)
     assert info.task == "binary" and info.concat_source == "assumed"
+    # A foreign config.json that gives the input size it was trained at (64) but not the order.
+    (path.parent / "config.json").write_text(json.dumps({"input_size": [64, 64]}))
+    assert inspect_weights(path).concat_source == "assumed"
 
     assert main(["inspect", str(path)]) == 0
     printed = capsys.readouterr().out
