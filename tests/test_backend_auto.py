@@ -209,8 +209,8 @@ def test_predict_reports_the_first_export_apart_from_the_speed(
 ):
     from polypseg.weights import load_pretrained
 
-    def fake_load_backend(weights, backend, precision, images=None):
-        loaded = TorchBackend(load_pretrained(weights), "32")
+    def fake_load_backend(weights, backend, precision, images=None, decoder_concat=None):
+        loaded = TorchBackend(load_pretrained(weights, decoder_concat=decoder_concat), "32")
         loaded.export = CachedExport(tmp_path / "cache" / "x-onnx", "onnx", 12.3)
         loaded.auto_choice = BackendChoice("onnxruntime", "32", "CPU has no native bf16")
         return loaded

@@ -18,8 +18,10 @@ from typing import Any
 
 import yaml
 
+from polypseg.classes import DEFAULT_THRESHOLD, TASKS
 from polypseg.errors import WeightsError
 from polypseg.files import atomic_write_text
+from polypseg.model import DECODER_CONCATS
 
 __all__ = [
     "ARCHITECTURE_KEYS",
@@ -52,7 +54,16 @@ MAX_BASE_CHANNELS = 256
 MAX_HEAD_KERNEL_SIZE = 7
 MAX_IMAGE_SIZE = 2048
 MAX_BOUNDARY_WIDTH_PX = 64
-_FLOAT_FIELDS = ("lr", "weight_decay", "min_lr", "ce_weight", "dice_weight", "plateau_factor", "warmup_fraction")
+_FLOAT_FIELDS = (
+    "lr",
+    "weight_decay",
+    "min_lr",
+    "ce_weight",
+    "dice_weight",
+    "plateau_factor",
+    "warmup_fraction",
+    "threshold",
+)
 
 
 def _is_int(value: Any) -> bool:
@@ -105,6 +116,10 @@ class TrainConfig:
     # Model
     base_channels: int = 64  # width of the first encoder stage (card: 64)
     head_kernel_size: int = 3  # reduction head conv kernel
+    task: str = "multiclass"  # "multiclass" (the card: 3 classes, CE + Dice) or "binary" (1 channel, BCE + Dice)
+    num_classes: int | None = None  # output channels: 3 or 1 (1 implies task: binary); default: the task's
+    decoder_concat: str = "skip-up"  # decoder concatenation order: [skip, upsampled] or "up-skip"
+    threshold: float = DEFAULT_THRESHOLD  # binary: polyp where the sigmoid probability is >= this
     # Data
     data_dir: str | None = None  # dataset folder (images/, masks/); recorded by train, reused by --resume
     image_size: int = 256  # training resolution (square)
@@ -161,6 +176,20 @@ class TrainConfig:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.num_classes is not None:
+            if not _is_int(self.num_classes) or self.num_classes not in (1, 3):
+                raise ValueError(f"num_classes must be 3 or 1 (binary), got {self.num_classes!r}")
+            if self.num_classes == 1:
+                self.task = "binary"
+            elif self.task == "binary":
+                raise ValueError("task: binary needs num_classes: 1 (or no num_classes), got num_classes: 3")
+        if self.decoder_concat not in DECODER_CONCATS:
+            raise ValueError(f"decoder_concat must be one of {', '.join(DECODER_CONCATS)}, got {self.decoder_concat!r}")
+        _check_number("threshold", self.threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be from 0 to 1, got {self.threshold!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         # Numbers are bounded: a hand-edited or hostile config must not build a huge model or run for ever.
@@ -212,6 +241,11 @@ class TrainConfig:
             raise ValueError(f"split_sizes needs 3 values (train, val, test), got {sizes!r}")
         if not all(_is_number(v) and v >= 0 for v in sizes):
             raise ValueError(f"split_sizes must be 3 non-negative numbers (counts or fractions), got {sizes!r}")
+
+    @property
+    def out_channels(self) -> int:
+        """The network's output channels: 1 for the binary task, else 3."""
+        return 1 if self.task == "binary" else 3
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (YAML / JSON friendly)."""
@@ -274,7 +308,7 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-ARCHITECTURE_KEYS = ("in_channels", "num_classes", "base_channels", "head_kernel_size")
+ARCHITECTURE_KEYS = ("in_channels", "num_classes", "base_channels", "head_kernel_size", "decoder_concat")
 #: Bounds of the integers of ``config.json`` (inclusive); ``input_size`` sides are at most :data:`MAX_INPUT_SIZE`.
 CONFIG_BOUNDS = {
     "in_channels": (1, 64),
@@ -328,6 +362,31 @@ class WeightsConfig:
     def architecture(self) -> dict[str, int]:
         """The U-Net's constructor arguments that the file records (empty for a foreign checkpoint)."""
         return {key: self.raw[key] for key in ARCHITECTURE_KEYS if key in self.raw}
+
+    @property
+    def decoder_concat(self) -> str | None:
+        """The decoder concatenation order the file records (``None``: not recorded)."""
+        order = self.raw.get("decoder_concat")
+        return order if isinstance(order, str) else None
+
+    @property
+    def num_classes(self) -> int | None:
+        """The output channels the file records (1: the binary variant), where recorded."""
+        classes = self.raw.get("num_classes")
+        return classes if isinstance(classes, int) else None
+
+    @property
+    def task(self) -> str | None:
+        """``"binary"`` or ``"multiclass"`` as recorded (``task``, else from ``num_classes``); ``None`` if neither."""
+        if isinstance(self.raw.get("task"), str):
+            return str(self.raw["task"])
+        return None if self.num_classes is None else ("binary" if self.num_classes == 1 else "multiclass")
+
+    @property
+    def threshold(self) -> float:
+        """The binary variant's decision threshold recorded by training; 0.5 where not recorded."""
+        value = self.raw.get("threshold", DEFAULT_THRESHOLD)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else DEFAULT_THRESHOLD
 
     @property
     def base_channels(self) -> int | None:
@@ -387,6 +446,9 @@ def _check_weights_config(config: dict[str, Any], path: Path) -> None:
         raise WeightsError(f"{path}: 'base_channels' must be even, got {config['base_channels']!r}")
     if config.get("head_kernel_size", 1) % 2 != 1:
         raise WeightsError(f"{path}: 'head_kernel_size' must be odd, got {config['head_kernel_size']!r}")
+    for key, allowed in (("decoder_concat", DECODER_CONCATS), ("task", TASKS)):
+        if key in config and config[key] not in allowed:
+            raise WeightsError(f"{path}: '{key}' must be one of {', '.join(allowed)}, got {config[key]!r}")
     size = config.get("input_size", [16, 16])
     if not (
         isinstance(size, list) and len(size) == 2 and all(is_int(v, 16, MAX_INPUT_SIZE) and v % 16 == 0 for v in size)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from polypseg.classes import class_names_for, task_of
 from polypseg.config import CONFIG_NAME
 from polypseg.files import atomic_write_text
 from polypseg.images import network_input, read_image
@@ -116,6 +117,7 @@ def export_model(
     out_dir: str | Path,
     calibration_images: Sequence[str | Path] = (),
     overwrite: bool = False,
+    decoder_concat: str | None = None,
 ) -> ExportReport:
     """Export weights to ``fmt`` ("onnx" or "openvino") in ``out_dir``.
 
@@ -127,6 +129,8 @@ def export_model(
         out_dir: Output folder; must not hold an export already unless ``overwrite``.
         calibration_images: Images for int8 post-training quantisation (OpenVINO only; empty: no int8).
         overwrite: Replace an existing export.
+        decoder_concat: The decoder's concatenation order for weights whose ``config.json`` does not
+            say it (see :func:`polypseg.load_pretrained`); the export's ``config.json`` records it.
 
     Returns:
         The files written.
@@ -138,8 +142,14 @@ def export_model(
         raise FileExistsError(f"{out_dir}: holds an export already; pass --overwrite to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = resolve(weights)
-    model = load_pretrained(weights)
-    config = weights.config.raw or {"architecture": "UNet", **model.config}
+    model = load_pretrained(weights, decoder_concat=decoder_concat)
+    config = {
+        "architecture": "UNet",
+        **weights.config.raw,
+        **model.config,
+        "task": task_of(model.num_classes),
+        "class_names": list(class_names_for(model.num_classes)),
+    }
     image_size = weights.config.input_size
 
     report = ExportReport()
@@ -152,7 +162,8 @@ def export_model(
         "export": {
             "format": fmt,
             "input": "images (B, 3, H, W) float32 RGB in [0, 1], H and W multiples of 16",
-            "output": "logits (B, classes, H, W)",
+            "output": "logits (B, classes, H, W)"
+            + ("; one channel: sigmoid >= threshold (0.5) is polyp" if model.num_classes == 1 else ""),
             "int8": calibration is not None,
         },
     }

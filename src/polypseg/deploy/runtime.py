@@ -56,21 +56,23 @@ class CachedExport:
         return f"exported the model for {self.fmt} in {self.seconds:.1f} s (cached in {self.path})"
 
 
-def _cache_target(weights: Weights, fmt: str) -> Path:
-    """The export cache folder for these weights (by file content) and format."""
+def _cache_target(weights: Weights, fmt: str, decoder_concat: str | None = None) -> Path:
+    """The export cache folder for these weights (by file content), decoder concatenation order and format."""
     digest = hashlib.sha256(weights.weights_file.read_bytes()).hexdigest()[:20]
-    return export_cache_dir() / f"{digest}-{fmt}"
+    # The order is part of the graph, not of the weights: an up-skip export has its own cache entry.
+    concat = decoder_concat or weights.config.decoder_concat or "skip-up"
+    return export_cache_dir() / (f"{digest}-{fmt}" if concat == "skip-up" else f"{digest}-{concat}-{fmt}")
 
 
-def _cached_export(weights: Weights, fmt: str) -> CachedExport:
-    """Export once per weights file content and format; later calls reuse the folder."""
-    target = _cache_target(weights, fmt)
+def _cached_export(weights: Weights, fmt: str, decoder_concat: str | None = None) -> CachedExport:
+    """Export once per weights file content, decoder concatenation order and format; later calls reuse the folder."""
+    target = _cache_target(weights, fmt, decoder_concat)
     if _is_export(target):
         return CachedExport(target, fmt)
     start = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as scratch:
-        export_model(weights, fmt, Path(scratch) / "out")
+        export_model(weights, fmt, Path(scratch) / "out", decoder_concat=decoder_concat)
         try:
             os.replace(Path(scratch) / "out", target)
         except OSError:  # another process finished the same export first
@@ -81,7 +83,9 @@ def _cached_export(weights: Weights, fmt: str) -> CachedExport:
     return made
 
 
-def plan_auto_backend(weights: WeightsLike = None, precision: str = "auto", images: int | None = None) -> BackendChoice:
+def plan_auto_backend(
+    weights: WeightsLike = None, precision: str = "auto", images: int | None = None, decoder_concat: str | None = None
+) -> BackendChoice:
     """What ``--backend auto`` runs for these weights on this machine (see :func:`~polypseg.backends.choose_backend`).
 
     The runtimes offered are the installed ones that can run the weights: an export folder excludes PyTorch
@@ -104,12 +108,16 @@ def plan_auto_backend(weights: WeightsLike = None, precision: str = "auto", imag
         precision=precision,
         bf16_evidence=native_bf16_evidence(),
         images=images,
-        export_ready=exported or _is_export(_cache_target(weights, "openvino")),
+        export_ready=exported or _is_export(_cache_target(weights, "openvino", decoder_concat)),
     )
 
 
 def load_backend(
-    weights: WeightsLike = None, backend: str = "torch", precision: str = "auto", images: int | None = None
+    weights: WeightsLike = None,
+    backend: str = "torch",
+    precision: str = "auto",
+    images: int | None = None,
+    decoder_concat: str | None = None,
 ) -> Backend:
     """Build an inference backend for weights, exporting (once, cached) when the runtime needs it.
 
@@ -129,6 +137,8 @@ def load_backend(
         images: For ``auto``: how many images are about to be segmented (``None``: unknown or many); with
             few images and no export made yet, a first export is not worth it (see
             :func:`~polypseg.deploy.backends.choose_backend`).
+        decoder_concat: The decoder's concatenation order for weights whose ``config.json`` does not say
+            it (see :func:`polypseg.load_pretrained`); an export folder has it built in and refuses another.
 
     Raises:
         ValueError: An unknown backend or a precision the backend does not offer.
@@ -136,17 +146,23 @@ def load_backend(
     weights = resolve(weights)
     choice = None
     if backend == "auto":
-        choice = plan_auto_backend(weights, precision, images)
+        choice = plan_auto_backend(weights, precision, images, decoder_concat)
         backend, precision = choice.backend, choice.precision
         logger.info("backend auto: %s", choice)
     if backend not in ("torch", "onnxruntime", "openvino"):
         raise ValueError(f"backend must be auto, torch, onnxruntime or openvino, got {backend!r}")
     folder, exported = weights.folder, weights.is_export
     made: CachedExport | None = None
+    if exported and decoder_concat is not None:
+        built = weights.config.decoder_concat or "skip-up"
+        if built != decoder_concat:
+            raise ValueError(
+                f"{folder}: an export with the decoder order {built} built in; --decoder-concat cannot change it"
+            )
     if backend == "torch":
         if exported:
             raise ValueError(f"{folder}: an export folder; use --backend onnxruntime or openvino with it")
-        loaded: Backend = TorchBackend(load_pretrained(weights), precision)
+        loaded: Backend = TorchBackend(load_pretrained(weights, decoder_concat=decoder_concat), precision)
     else:
         if precision == "int8" and not (backend == "openvino" and (folder / "model_int8.xml").exists()):
             raise ValueError(
@@ -156,7 +172,7 @@ def load_backend(
         if exported:
             source = folder
         else:
-            made = _cached_export(weights, "openvino" if backend == "openvino" else "onnx")
+            made = _cached_export(weights, "openvino" if backend == "openvino" else "onnx", decoder_concat)
             source = made.path
         if backend == "onnxruntime":
             if precision not in ("auto", "32"):

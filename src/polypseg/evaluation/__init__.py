@@ -5,8 +5,10 @@
 * :mod:`~polypseg.evaluation.tables`: the printed table and the literature table.
 * :mod:`~polypseg.evaluation.reports`: Dice histogram, worst cases, training curves (``--report``).
 * :mod:`~polypseg.evaluation.parity`: an export beside PyTorch (``polypseg export``).
+* :mod:`~polypseg.evaluation.concat`: which decoder concatenation order fits weights (``polypseg inspect --data``).
 """
 
+from polypseg.evaluation.concat import ConcatFit, score_concat_orders
 from polypseg.evaluation.evaluate import (
     EVALUATION_FILES,
     EvaluationReport,
@@ -27,6 +29,7 @@ from polypseg.evaluation.tables import LITERATURE_CSV, format_literature_table, 
 
 __all__ = [
     "EVALUATION_FILES",
+    "ConcatFit",
     "LITERATURE_CSV",
     "EvaluationReport",
     "EvaluationResult",
@@ -42,4 +45,5 @@ __all__ = [
     "resolve_split",
     "run_evaluation",
     "run_evaluations",
+    "score_concat_orders",
 ]

@@ -7,9 +7,10 @@ with :meth:`polypseg.inference.Predictor.network`, the network path every other 
 
 The polyp literature's measures (``lit_*``: mDice, mIoU, wFm, Sm, meanEm, maxEm, MAE, as in the PraNet
 and Polyp-PVT tables) are computed by `pysodmetrics` on the polyp probability map (softmax of polyp +
-boundary) at that same resolution, against the mask resized the same way (binarized at 128, nearest
-neighbour, to the square input size). PraNet's protocol instead upsamples each prediction to its mask's
-own size; the two differ slightly, mostly on thin borders. :func:`run_evaluations` scores several
+boundary; for the binary variant, one output channel, its sigmoid) at that same resolution, against the
+mask resized the same way (binarized at 128, nearest neighbour, to the square input size). PraNet's
+protocol instead upsamples each prediction to its mask's own size; the two differ slightly, mostly on
+thin borders. :func:`run_evaluations` scores several
 dataset folders in one run and writes the table of these measures with one row per dataset.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from polypseg.classes import CLASS_NAMES, NUM_CLASSES, classes_to_mask, mask_to_classes
+from polypseg.classes import DEFAULT_THRESHOLD, class_names_for, classes_to_mask, mask_to_classes, task_of
 from polypseg.data import CachedPairs, find_pairs, load_pairs
 from polypseg.evaluation.splits import dataset_names, is_training_dataset, read_truth_boxes, resolve_split
 from polypseg.evaluation.tables import LITERATURE_CSV, literature_csv
@@ -62,6 +63,7 @@ def evaluate(
     accelerator: str = "auto",
     truth_boxes: dict[str, list[tuple[int, int, int, int]]] | None = None,
     tta: bool = False,
+    threshold: float | None = None,
 ) -> EvaluationResult:
     """Score a model on cached pairs through the Predictor (loss and every metric).
 
@@ -80,40 +82,56 @@ def evaluate(
         tta: Flip test-time augmentation (:func:`polypseg.tta.flip_tta`): the loss and every metric,
             the PraNet-protocol probability maps included, use the average of the four flips'
             probabilities. Four times the inference time.
+        threshold: Binary models (one output channel): polyp where the sigmoid probability is at least
+            this (default: the Predictor's, 0.5 for a U-Net). The binary model's classes are background
+            and polyp: its targets have no boundary class.
     """
     if isinstance(model, Predictor):
         predictor = model
     else:
         device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
         predictor = Predictor(model, int(pairs.images.shape[-1]), device=device, precision=_PRECISIONS[precision])
-    if tta and not predictor.tta:
-        predictor = Predictor(predictor.backend, predictor.image_size, tta=True)
+    if (tta and not predictor.tta) or (threshold is not None and threshold != predictor.threshold):
+        chosen = predictor.threshold if threshold is None else threshold
+        predictor = Predictor(predictor.backend, predictor.image_size, tta=tta or predictor.tta, threshold=chosen)
     loss_fn = CombinedLoss()
-    metrics = SegmentationMetrics(literature=True)
+    metrics: SegmentationMetrics | None = None
     rows: list[dict[str, Any]] = []
     loss_sum = 0.0
     for start in range(0, len(pairs.names), batch_size):
         images = pairs.images[start : start + batch_size]
-        targets = mask_to_classes(pairs.masks[start : start + batch_size].bool(), boundary_width_px).long()
         names = pairs.names[start : start + batch_size]
-        # With TTA: log-probabilities, whose softmax/argmax/cross-entropy are those of the mean prediction.
+        # With TTA: log-probabilities (binary: the logit of the mean probability), whose class map and
+        # loss are those of the mean prediction.
         logits = torch.from_numpy(predictor.network((images.float() / 255.0).numpy()))
+        class_names = class_names_for(logits.shape[1])
+        boundary = boundary_width_px if len(class_names) == 3 else 0  # binary: background and polyp only
+        targets = mask_to_classes(pairs.masks[start : start + batch_size].bool(), boundary).long()
+        if metrics is None:
+            metrics = SegmentationMetrics(class_names, literature=True, threshold=predictor.threshold)
         loss_sum += float(loss_fn(logits, targets)) * len(images)
         boxes = [truth_boxes.get(name, []) for name in names] if truth_boxes else None
         metrics.update(logits, targets, truth_boxes=boxes)
-        rows += _image_rows(names, logits.argmax(1), targets, metrics.last_image_scores)
+        pred = predictor.class_map(logits).long()
+        rows += _image_rows(names, pred, targets, metrics.last_image_scores, class_names)
+    if metrics is None:
+        metrics = SegmentationMetrics(literature=True)
     scores = {key: float(value) for key, value in metrics.compute().items()}
     scores["loss"] = loss_sum / max(len(pairs.names), 1)
     return EvaluationResult(scores, rows)
 
 
 def _image_rows(
-    names: Sequence[str], pred: torch.Tensor, targets: torch.Tensor, scores: dict[str, torch.Tensor]
+    names: Sequence[str],
+    pred: torch.Tensor,
+    targets: torch.Tensor,
+    scores: dict[str, torch.Tensor],
+    class_names: Sequence[str],
 ) -> list[dict[str, Any]]:
     """``per_image.csv`` rows of a batch: binary polyp scores, per-class Dice, pixel and polyp counts."""
     rows = []
     for row, name in enumerate(names):
-        counts = class_counts(pred[row], targets[row], NUM_CLASSES)
+        counts = class_counts(pred[row], targets[row], len(class_names))
         tp, fp, fn = counts.unbind(1)
         class_dice = ratio(2 * tp, 2 * tp + fp + fn, (fp == 0) & (fn == 0))
         rows.append(
@@ -121,7 +139,7 @@ def _image_rows(
                 "name": name,
                 **{f"polyp_{k}": float(scores[k][row]) for k in ("dice", "iou", "precision", "recall")},
                 "polyp_mean_dice_pranet": float(scores["mean_dice_pranet"][row]),
-                **{f"dice_{n}": float(class_dice[c]) for c, n in enumerate(CLASS_NAMES)},
+                **{f"dice_{n}": float(class_dice[c]) for c, n in enumerate(class_names)},
                 "polyp_pixels_true": int(classes_to_mask(targets[row]).sum()),
                 "polyp_pixels_pred": int(classes_to_mask(pred[row]).sum()),
                 **{k: int(scores[k][row]) for k in ("polyps_true", "polyps_detected", "polyps_matched")},
@@ -146,6 +164,9 @@ class EvaluationReport:
     dataset: str = ""
     #: The evaluated weights, resolved.
     weights: Weights | None = None
+    #: The decoder concatenation order the weights were loaded with, and the binary threshold.
+    decoder_concat: str = "skip-up"
+    threshold: float = DEFAULT_THRESHOLD
 
 
 #: How ``metrics.json`` describes the ``lit_*`` measures' protocol.
@@ -159,11 +180,20 @@ EVALUATION_FILES = ("metrics.json", "per_image.csv")
 _PRECISIONS = {"32": "32", "32-true": "32", "bf16": "bf16", "bf16-mixed": "bf16"}
 
 
-def evaluation_predictor(weights: WeightsLike, tta: bool = False) -> Predictor:
-    """The Predictor that ``polypseg evaluate`` scores with: the weights in PyTorch fp32 (CUDA where there is one)."""
+def evaluation_predictor(
+    weights: WeightsLike,
+    tta: bool = False,
+    decoder_concat: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Predictor:
+    """The Predictor that ``polypseg evaluate`` scores with: the weights in PyTorch fp32 (CUDA where there is one).
+
+    ``decoder_concat`` is passed to :func:`polypseg.load_pretrained`; ``threshold`` is the binary decision.
+    """
     weights = resolve(weights)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Predictor(load_pretrained(weights), weights.config.input_size, device=device, precision="32", tta=tta)
+    model = load_pretrained(weights, decoder_concat=decoder_concat)
+    return Predictor(model, weights.config.input_size, device=device, precision="32", tta=tta, threshold=threshold)
 
 
 def run_evaluation(
@@ -175,11 +205,15 @@ def run_evaluation(
     batch_size: int = 8,
     overwrite: bool = False,
     tta: bool = False,
+    decoder_concat: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> EvaluationReport:
     """Evaluate weights on a split of a dataset folder and write ``metrics.json`` and ``per_image.csv``.
 
     With ``tta`` the scores are those of flip test-time augmentation (:func:`polypseg.tta.flip_tta`);
-    ``metrics.json`` records ``"tta"`` either way.
+    ``metrics.json`` records ``"tta"`` either way, and the task (and, for binary weights, the
+    ``threshold`` on the sigmoid probability). ``decoder_concat`` is passed to
+    :func:`polypseg.load_pretrained`.
     """
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -195,11 +229,13 @@ def run_evaluation(
     image_size = weights.config.input_size
     pairs = load_pairs([by_name[name] for name in names], image_size)
     boxes = read_truth_boxes(data_dir, image_size)
-    predictor = evaluation_predictor(weights, tta)
+    predictor = evaluation_predictor(weights, tta, decoder_concat, threshold)
+    model = predictor.backend.model  # type: ignore[attr-defined]  # evaluation runs the U-Net (TorchBackend)
     result = evaluate(predictor, pairs, batch_size, weights.config.boundary_width_px, truth_boxes=boxes)
     detection_truth = "bounding-box file" if boxes is not None else "mask regions"
     report = EvaluationReport(result, split, source, len(names), detection_truth, tta, weights=weights)
     report.data, report.image_size, report.dataset = str(data_dir), image_size, Path(data_dir).resolve().name
+    report.decoder_concat, report.threshold = model.decoder_concat, threshold
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {
@@ -211,6 +247,9 @@ def run_evaluation(
             "detection_truth": detection_truth,
             "image_size": image_size,
             "tta": tta,
+            "task": task_of(model.num_classes),
+            "decoder_concat": model.decoder_concat,
+            **({"threshold": threshold} if model.num_classes == 1 else {}),
             "metrics": {key: round(value, 6) for key, value in result.metrics.items()},
         }
         if "lit_mean_dice" in result.metrics:
@@ -233,6 +272,8 @@ def run_evaluations(
     batch_size: int = 8,
     overwrite: bool = False,
     tta: bool = False,
+    decoder_concat: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> list[tuple[str, EvaluationReport]]:
     """Evaluate weights on several dataset folders; returns ``(name, report)`` per folder, in order.
 
@@ -262,6 +303,8 @@ def run_evaluations(
             batch_size=batch_size,
             overwrite=overwrite,
             tta=tta,
+            decoder_concat=decoder_concat,
+            threshold=threshold,
         )
         report.dataset = name
         rows.append((name, report))

@@ -3,7 +3,8 @@
 ``polypseg export`` calls :func:`export_parity` after :func:`polypseg.deploy.export.export_model`: every
 written model runs beside the PyTorch fp32 model on the same images, preprocessed by the same
 :meth:`~polypseg.inference.Predictor.network_input`; the maximum absolute logit difference and the share
-of pixels whose class (argmax) agrees are returned.
+of pixels whose class agrees (:meth:`~polypseg.inference.Predictor.class_map`: the argmax, or for a binary
+model, one channel, the sigmoid at the threshold) are returned.
 """
 
 from __future__ import annotations
@@ -47,13 +48,18 @@ def parity(
         expected = reference.network(reference.network_input(batch))
         actual = candidate.network(candidate.network_input(batch))
         worst = max(worst, float(np.abs(expected - actual).max()))
-        agree += int((expected.argmax(1) == actual.argmax(1)).sum())
+        agree += int((reference.class_map(expected) == candidate.class_map(actual)).sum())
         total += expected.shape[0] * expected.shape[2] * expected.shape[3]
     return Parity(name, worst, agree / max(total, 1))
 
 
 def export_parity(
-    weights: WeightsLike, export_dir: str | Path, fmt: str, images: Sequence[str | Path] = (), int8: bool = False
+    weights: WeightsLike,
+    export_dir: str | Path,
+    fmt: str,
+    images: Sequence[str | Path] = (),
+    int8: bool = False,
+    decoder_concat: str | None = None,
 ) -> list[Parity]:
     """Run the models of an export folder beside the weights' PyTorch fp32 model.
 
@@ -63,6 +69,8 @@ def export_parity(
         fmt: ``"onnx"`` or ``"openvino"`` (OpenVINO exports hold the ONNX file too).
         images: Real images (default: the bundled examples).
         int8: The export holds ``model_int8.xml``.
+        decoder_concat: The decoder concatenation order the export was made with (see
+            :func:`polypseg.load_pretrained`), for weights whose ``config.json`` does not say it.
 
     Returns:
         One :class:`Parity` per model: ONNX Runtime fp32, then OpenVINO fp32 and int8 where written.
@@ -70,7 +78,7 @@ def export_parity(
     weights = resolve(weights)
     size = weights.config.input_size
     pictures = [read_image(path) for path in (images or sorted(bundled_examples_dir().glob("*.jpg")))]
-    reference = Predictor(load_pretrained(weights), size, precision="32")
+    reference = Predictor(load_pretrained(weights, decoder_concat=decoder_concat), size, precision="32")
     candidates = [("onnxruntime fp32", OnnxRuntimeBackend(Path(export_dir) / "model.onnx"))]
     if fmt == "openvino":
         candidates.append(("openvino fp32", OpenVINOBackend(export_dir, "32")))

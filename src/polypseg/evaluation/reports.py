@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from polypseg.classes import mask_to_classes
+from polypseg.classes import DEFAULT_THRESHOLD, mask_to_classes
 from polypseg.data import find_pairs, load_pairs
 from polypseg.evaluation.evaluate import EvaluationReport, evaluation_predictor
 from polypseg.files import atomic_save
@@ -97,6 +97,8 @@ def plot_worst_cases(
     out_png: str | Path,
     scores: dict[str, float] | None = None,
     tta: bool = False,
+    decoder_concat: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> Path:
     """Image, ground truth and prediction (class maps) of ``names``, one row each, at the evaluation resolution.
 
@@ -111,13 +113,18 @@ def plot_worst_cases(
         out_png: Output file.
         scores: Polyp Dice per name, shown in the row titles.
         tta: Predict with flip test-time augmentation, as ``polypseg evaluate --tta`` did.
+        decoder_concat: The decoder concatenation order (see :func:`polypseg.load_pretrained`).
+        threshold: Binary weights: polyp where the sigmoid probability is at least this.
     """
     weights = resolve(weights)
     by_name = {sample.name: sample for sample in find_pairs(data_dir)}
     pairs = load_pairs([by_name[name] for name in names], weights.config.input_size)
-    predictor = evaluation_predictor(weights, tta)
-    predicted = predictor.network((pairs.images.float() / 255.0).numpy()).argmax(1).astype(np.uint8)
-    truth = mask_to_classes(pairs.masks.bool(), weights.config.boundary_width_px).numpy()
+    predictor = evaluation_predictor(weights, tta, decoder_concat, threshold)
+    logits = predictor.network((pairs.images.float() / 255.0).numpy())
+    predicted = predictor.class_map(logits).numpy()
+    # Binary weights predict background and polyp only: their truth has no boundary class either.
+    boundary = weights.config.boundary_width_px if logits.shape[1] != 1 else 0
+    truth = mask_to_classes(pairs.masks.bool(), boundary).numpy()
     figure = _figure(9.0, 3.0 * len(names) + 0.3)
     grid = figure.subplots(len(names), 3, squeeze=False)
     for row, name in enumerate(names):
@@ -148,7 +155,7 @@ def write_evaluation_figures(
     histogram, cases = (Path(out_dir) / name for name in EVALUATION_FIGURES)
     return [
         plot_dice_histogram(rows, histogram),
-        plot_worst_cases(weights, data_dir, worst, cases, scores, report.tta),
+        plot_worst_cases(weights, data_dir, worst, cases, scores, report.tta, report.decoder_concat, report.threshold),
     ]
 
 

@@ -27,9 +27,11 @@ def format_table(report: EvaluationReport) -> str:
         + (", flip test-time augmentation" if report.tta else ""),
         f"{'':28}{'Dice':>8}{'IoU':>8}",
     ]
-    for name in CLASS_NAMES:
+    names = [name for name in CLASS_NAMES if f"dice_{name}" in m]  # binary weights: no boundary class
+    for name in names:
         lines.append(f"{'class ' + name:28}{m[f'dice_{name}']:8.4f}{m[f'iou_{name}']:8.4f}")
-    lines.append(f"{'3-class mean (card)':28}{m['mean_dice']:8.4f}{m['mean_iou']:8.4f}")
+    mean_label = "3-class mean (card)" if len(names) == 3 else f"{len(names)}-class mean"
+    lines.append(f"{mean_label:28}{m['mean_dice']:8.4f}{m['mean_iou']:8.4f}")
     lines.append(f"{'polyp, mean per image':28}{m['polyp_dice']:8.4f}{m['polyp_iou']:8.4f}")
     lines.append(f"{'polyp, dataset-level':28}{m['polyp_dice_dataset']:8.4f}{m['polyp_iou_dataset']:8.4f}")
     lines.append(

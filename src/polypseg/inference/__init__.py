@@ -28,6 +28,7 @@ from polypseg.inference.predictor import (
     Predictor,
     validate_batch_size,
     validate_opacity,
+    validate_threshold,
 )
 from polypseg.inference.streaming import PredictionSummary, predict_files, print_result
 from polypseg.metrics import find_polyps
@@ -51,4 +52,5 @@ __all__ = [
     "print_result",
     "validate_batch_size",
     "validate_opacity",
+    "validate_threshold",
 ]

@@ -2,11 +2,13 @@
 
 :class:`Predictor` separates "load the trained model" from "predict these images". Each image is resized
 to the network's input size exactly as in training (:func:`polypseg.images.network_input`), the logits
-are resized back to the image's own size (bilinear) and the class map is their argmax there, so masks
-follow the original resolution rather than a blocky upscaled 256x256 map. With ``tta=True`` the
-network's output is the flip test-time augmentation of :func:`polypseg.tta.flip_tta`. Prediction of
-files, video, the web demo, evaluation, its figures and the export's parity check all run the network
-through :meth:`Predictor.network`.
+are resized back to the image's own size (bilinear) and the class map is taken there
+(:meth:`Predictor.class_map`: the argmax, or for the binary variant, one channel, polyp where the sigmoid
+is at least ``threshold``), so masks follow the original resolution rather than a blocky upscaled
+256x256 map. With ``tta=True`` the network's output is the flip test-time augmentation of
+:func:`polypseg.tta.flip_tta`. Prediction of files, video, the web demo, evaluation, its figures and the
+export's parity check all run the network through :meth:`Predictor.network` and take the class map with
+:meth:`Predictor.class_map`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from polypseg.classes import classes_to_mask
+from polypseg.classes import DEFAULT_THRESHOLD, classes_to_mask, logits_to_classes, polyp_probability
 from polypseg.deploy.backends import Backend, TorchBackend
 from polypseg.deploy.runtime import load_backend
 from polypseg.images import network_input
@@ -27,7 +29,15 @@ from polypseg.model import UNet
 from polypseg.tta import flip_tta
 from polypseg.weights import WeightsLike, resolve
 
-__all__ = ["DEFAULT_INPUT_SIZE", "PolypRegion", "Prediction", "Predictor", "validate_batch_size", "validate_opacity"]
+__all__ = [
+    "DEFAULT_INPUT_SIZE",
+    "PolypRegion",
+    "Prediction",
+    "Predictor",
+    "validate_batch_size",
+    "validate_opacity",
+    "validate_threshold",
+]
 
 #: The network's input side where the weights do not record one.
 DEFAULT_INPUT_SIZE = 256
@@ -38,6 +48,13 @@ def validate_batch_size(batch_size: object) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     return int(batch_size)
+
+
+def validate_threshold(threshold: object) -> float:
+    """``threshold`` if it is a number from 0 to 1, else a one-line ``ValueError``."""
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.number) or not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be a number from 0 to 1, got {threshold!r}")
+    return float(threshold)
 
 
 def validate_opacity(opacity: object) -> float:
@@ -52,7 +69,7 @@ class Prediction:
     """Segmentation of one image at its own resolution.
 
     Attributes:
-        class_map: (H, W) uint8, 0 background, 1 polyp, 2 boundary.
+        class_map: (H, W) uint8, 0 background, 1 polyp, 2 boundary (binary models: 0 and 1 only).
         polyps: Connected polyp regions (8-connectivity) of at least the predictor's minimum area,
             largest first.
     """
@@ -85,6 +102,8 @@ class Predictor:
             (they stay in the mask). Default 0.1 %. From 0 to 1.
         tta: Flip test-time augmentation (:func:`polypseg.tta.flip_tta`): average the predictions of the
             image and its horizontal, vertical and double flips. Four times the inference time.
+        threshold: Binary models (one output channel): polyp where the sigmoid probability is at least
+            this, from 0 to 1. Not used by 3-class models (argmax).
 
     Example:
         >>> predictor = Predictor.from_pretrained()  # the bundled model
@@ -101,6 +120,7 @@ class Predictor:
         precision: str = "auto",
         min_polyp_fraction: float = 0.001,
         tta: bool = False,
+        threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         if (
             isinstance(min_polyp_fraction, bool)
@@ -108,6 +128,7 @@ class Predictor:
             or not 0 <= min_polyp_fraction <= 1
         ):
             raise ValueError(f"minimum polyp fraction must be a number from 0 to 1, got {min_polyp_fraction!r}")
+        self.threshold = validate_threshold(threshold)
         self.backend: Backend = TorchBackend(model, precision, device) if isinstance(model, UNet) else model
         self.image_size = image_size
         self.precision = self.backend.precision
@@ -122,6 +143,7 @@ class Predictor:
         precision: str = "auto",
         tta: bool = False,
         images: int | None = None,
+        decoder_concat: str | None = None,
         **kwargs: object,
     ) -> Predictor:
         """Load weights (see :func:`polypseg.load_pretrained`; ``None`` is the bundled model).
@@ -135,10 +157,12 @@ class Predictor:
             tta: Flip test-time augmentation (see the class), with any backend.
             images: For ``backend="auto"``: how many images are about to be segmented (``None``: unknown
                 or many), so that a first export is made only where it pays.
-            **kwargs: Passed to the constructor (``min_polyp_fraction``, ``device``).
+            decoder_concat: The decoder's concatenation order, ``"skip-up"`` or ``"up-skip"``, for weights
+                whose ``config.json`` does not say it (see :func:`polypseg.load_pretrained`).
+            **kwargs: Passed to the constructor (``min_polyp_fraction``, ``device``, ``threshold``).
         """
         weights = resolve(weights)
-        loaded = load_backend(weights, backend, precision, images)
+        loaded = load_backend(weights, backend, precision, images, decoder_concat=decoder_concat)
         return cls(loaded, image_size=weights.config.input_size, tta=tta, **kwargs)  # type: ignore[arg-type]
 
     def network_input(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -154,17 +178,33 @@ class Predictor:
         """
         return flip_tta(self.backend, pixels) if self.tta else self.backend(pixels)
 
+    def class_map(self, logits: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The class map (..., H, W) uint8 of :meth:`network`'s output (..., C, H, W), at any resolution.
+
+        The one place logits become classes (:func:`polypseg.classes.logits_to_classes`): the argmax over
+        C, or for one channel (the binary variant) polyp where the sigmoid is at least ``threshold``. With
+        TTA the output is the log of the mean probabilities (binary: the logit of the mean probability),
+        and the class map is taken the same way.
+        """
+        tensor = torch.from_numpy(np.asarray(logits)) if isinstance(logits, np.ndarray) else logits
+        return logits_to_classes(tensor, self.threshold)
+
+    @staticmethod
+    def polyp_probability(logits: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Polyp probability (..., H, W) of :meth:`network`'s output: sigmoid (binary) or softmax polyp + boundary."""
+        tensor = torch.from_numpy(np.asarray(logits)) if isinstance(logits, np.ndarray) else logits
+        return polyp_probability(tensor)
+
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Segment (H, W, 3) uint8 RGB images of any sizes; returns one :class:`Prediction` each."""
         if not images:
             return []
-        # With TTA these are log-probabilities rather than logits: the argmax is taken the same way.
         logits = torch.from_numpy(self.network(self.network_input(images)))
         predictions = []
         for image, image_logits in zip(images, logits, strict=True):
             height, width = image.shape[:2]
             full = F.interpolate(image_logits[None], size=(height, width), mode="bilinear", align_corners=False)
-            class_map = _argmax3(full[0]).numpy()
+            class_map = self.class_map(full[0]).numpy()
             min_pixels = int(np.ceil(self.min_polyp_fraction * height * width))
             predictions.append(Prediction(class_map, find_polyps(classes_to_mask(class_map), min_pixels)))
         return predictions
@@ -172,15 +212,3 @@ class Predictor:
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one (H, W, 3) uint8 RGB image."""
         return self.predict_batch([image])[0]
-
-
-def _argmax3(logits: torch.Tensor) -> torch.Tensor:
-    """``logits.argmax(0)`` as uint8 for (3, H, W) logits, the first maximum winning ties as argmax does.
-
-    Element-wise comparisons instead of a reduction over the short, strided class dimension: about 30x
-    faster for full-resolution maps on CPU (argmax there took 85 ms of a 256x256-model image's 100 ms).
-    """
-    background, polyp, boundary = logits.unbind(0)
-    classes = (polyp > background).to(torch.uint8)
-    classes[boundary > torch.maximum(background, polyp)] = 2
-    return classes

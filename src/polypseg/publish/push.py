@@ -23,6 +23,7 @@ def push_to_hub(
     revision: str | None = None,
     token: str | None = None,
     commit_message: str | None = None,
+    decoder_concat: str | None = None,
 ) -> str:
     """Upload weights to a Hub model repository in one commit: weights, ``config.json``, model card.
 
@@ -39,6 +40,8 @@ def push_to_hub(
         revision: Branch to commit to (created from ``main`` if missing); default ``main``.
         token: Hub token with write access (default: ``HF_TOKEN`` or the saved login).
         commit_message: Default: "Upload polypseg U-Net weights".
+        decoder_concat: The decoder concatenation order for weights whose ``config.json`` does not say it
+            (the generated card states it and passes it in its usage examples).
 
     Returns:
         The URL of the commit.
@@ -48,11 +51,11 @@ def push_to_hub(
     weights = resolve(weights)
     weights_path = weights.weights_file
     config_path = weights_path.parent / CONFIG_NAME
-    load_pretrained(weights)
+    load_pretrained(weights, decoder_concat=decoder_concat)
     if card is not None:
         card_text = Path(card).read_text(encoding="utf-8")
     else:
-        card_text = model_card(weights, metrics_json, repo_id=repo_id)
+        card_text = model_card(weights, metrics_json, repo_id=repo_id, decoder_concat=decoder_concat)
     operations = [CommitOperationAdd(WEIGHTS_NAME, str(weights_path))]
     if config_path.exists():
         operations.append(CommitOperationAdd(CONFIG_NAME, str(config_path)))

@@ -19,10 +19,10 @@ from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import RandomSampler
 
-from polypseg.classes import CLASS_NAMES, NUM_CLASSES, mask_to_classes
+from polypseg.classes import class_names_for, logits_to_classes, mask_to_classes
 from polypseg.config import TrainConfig
 from polypseg.data import build_augmentation
-from polypseg.losses import CombinedLoss, soft_dice_per_class
+from polypseg.losses import CombinedLoss, soft_dice
 from polypseg.metrics import SegmentationMetrics
 from polypseg.model import UNet
 
@@ -101,7 +101,15 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters({"config": config})
         self.config = TrainConfig.from_dict(config)
-        self.model = UNet(3, NUM_CLASSES, self.config.base_channels, self.config.head_kernel_size)
+        self.model = UNet(
+            3,
+            self.config.out_channels,
+            self.config.base_channels,
+            self.config.head_kernel_size,
+            self.config.decoder_concat,
+        )
+        #: The class map's classes: background, polyp, boundary; or background, polyp for the binary task.
+        self.class_names = class_names_for(self.config.out_channels)
         self.loss = CombinedLoss(self.config.ce_weight, self.config.dice_weight)
         self.augmentation = build_augmentation(self.config.augment)
         #: EMA of the weights (PyTorch's AveragedModel, buffers included); validation and best/ use it.
@@ -112,7 +120,7 @@ class SegmentationModule(L.LightningModule):
             if self.config.ema_decay
             else None
         )
-        self.val_metrics = SegmentationMetrics()
+        self.val_metrics = SegmentationMetrics(self.class_names, threshold=self.config.threshold)
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict[str, Any] | None = None
         self._channels_last()
@@ -187,8 +195,10 @@ class SegmentationModule(L.LightningModule):
             images, augmented = self.augmentation(images, masks[:, None].float())
             images, masks = images.clamp(0.0, 1.0), augmented[:, 0] > 0.5
         # The classes are made at the cache's resolution (where boundary_width_px is defined), then cropped
-        # and resized with the images, so a smaller training size keeps the same boundary.
-        targets = mask_to_classes(masks, self.config.boundary_width_px)
+        # and resized with the images, so a smaller training size keeps the same boundary. The binary task
+        # has no boundary class: its targets are the mask (0 background, 1 polyp).
+        boundary = self.config.boundary_width_px if self.config.task == "multiclass" else 0
+        targets = mask_to_classes(masks, boundary)
         if training:
             images, targets = self._crop_and_resize(images, targets)
         if self.config.channels_last:
@@ -216,7 +226,7 @@ class SegmentationModule(L.LightningModule):
         images, targets, _ = batch
         logits = self._compiled(images) if self._compiled is not None else self(images)
         loss = self.loss(logits, targets)
-        dice = soft_dice_per_class(logits.detach(), targets).mean()
+        dice = soft_dice(logits.detach(), targets)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
         self.log("dice", dice, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(images))
         return loss
@@ -227,7 +237,7 @@ class SegmentationModule(L.LightningModule):
         self.log(
             "val_loss", self.loss(logits, targets), prog_bar=True, on_epoch=True, batch_size=len(images), sync_dist=True
         )
-        self.val_metrics.update(logits.argmax(1), targets)
+        self.val_metrics.update(logits_to_classes(logits, self.config.threshold).long(), targets)
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
@@ -235,7 +245,7 @@ class SegmentationModule(L.LightningModule):
         # torchmetrics has already gathered every rank's counts; sync_dist only keeps Lightning informed.
         self.log("val_dice", scores["mean_dice"], prog_bar=True, sync_dist=True)
         self.log("val_polyp_dice", scores["polyp_dice"], prog_bar=True, sync_dist=True)
-        for name in CLASS_NAMES:
+        for name in self.class_names:
             self.log(f"val_dice_{name}", scores[f"dice_{name}"], sync_dist=True)
 
     def on_validation_end(self) -> None:

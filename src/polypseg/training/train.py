@@ -185,6 +185,7 @@ def train(
     pairs = load_pairs([s for s in samples if s.name in wanted], config.image_size)
 
     metadata = {
+        **({"threshold": config.threshold} if config.task == "binary" else {}),
         "boundary_width_px": config.boundary_width_px,
         "input_size": [config.image_size, config.image_size],
         "training": {
@@ -236,7 +237,9 @@ def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig, last: Path
             "restore this run's own last.ckpt or start a new run"
         )
     changed = [
-        key for key in ("base_channels", "head_kernel_size") if key in stored and stored[key] != getattr(config, key)
+        key
+        for key in ("base_channels", "head_kernel_size", "task", "decoder_concat")
+        if key in stored and stored[key] != getattr(config, key)
     ]
     if changed:
         key = changed[0]
@@ -254,10 +257,10 @@ def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig, last: Path
 def _init_from_weights(module: SegmentationModule, weights: str) -> None:
     """Start training from pretrained weights (``config.init_weights``) of the same architecture."""
     source = load_pretrained(None if weights == "bundled" else weights)
-    if (source.base_channels, source.head_kernel_size) != (module.model.base_channels, module.model.head_kernel_size):
-        raise WeightsError(
-            f"{weights}: init_weights has base_channels={source.base_channels}, head_kernel_size="
-            f"{source.head_kernel_size}; the run needs {module.model.base_channels}, {module.model.head_kernel_size}"
-        )
+    keys = ("base_channels", "head_kernel_size", "num_classes", "decoder_concat")
+    if [source.config[key] for key in keys] != [module.model.config[key] for key in keys]:
+        have = ", ".join(f"{key}={source.config[key]}" for key in keys)
+        need = ", ".join(f"{key}={module.model.config[key]}" for key in keys)
+        raise WeightsError(f"{weights}: init_weights has {have}; the run needs {need}")
     module.model.load_state_dict(source.state_dict())
     module._channels_last()

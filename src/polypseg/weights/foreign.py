@@ -20,10 +20,10 @@ import torch
 from polypseg.errors import WeightsError
 from polypseg.model import UNet
 
-__all__ = ["expected_shapes", "map_foreign_state_dict"]
+__all__ = ["expected_shapes", "map_foreign_state_dict", "map_foreign_state_dict_with_notes"]
 
 
-def expected_shapes(architecture: dict[str, int]) -> dict[str, tuple[int, ...]]:
+def expected_shapes(architecture: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of a U-Net of ``architecture``, from a model on the meta device (no memory, no time)."""
     with torch.device("meta"):
         model = UNet(**architecture)
@@ -78,8 +78,10 @@ def map_foreign_state_dict(
     followed by BatchNorm is folded into the BatchNorm's running mean, which gives exactly the same
     outputs; a missing upsampler or classifier bias is zero.
 
-    Shapes cannot tell the order of the decoder's concatenation; like the card, we assume
-    ``cat([skip, upsampled])``.
+    The classifier may have any number of output channels: three for the card's model, one for its
+    binary sibling. Shapes cannot tell the order of the decoder's concatenation: the architecture returned
+    has none, and :func:`polypseg.weights.load_pretrained` takes it from its ``decoder_concat`` argument
+    (default ``cat([skip, upsampled])``).
 
     Returns:
         The architecture arguments and a state dict with our names.
@@ -87,6 +89,15 @@ def map_foreign_state_dict(
     Raises:
         WeightsError: Naming the first tensor (by the file's name) that does not fit.
     """
+    architecture, state, _ = map_foreign_state_dict_with_notes(tensors, source)
+    return architecture, state
+
+
+def map_foreign_state_dict_with_notes(
+    tensors: dict[str, torch.Tensor], source: str | Path = "weights"
+) -> tuple[dict[str, int], dict[str, torch.Tensor], dict[str, list[str]]]:
+    """:func:`map_foreign_state_dict`, and which biases were ``folded``, ``kept`` or set to ``zero`` (the notes)."""
+    notes: dict[str, list[str]] = {"folded": [], "kept": [], "zero": []}
     modules: dict[str, _Module] = {}
     for name in sorted(tensors, key=_natural_key):
         prefix, leaf = _split_name(name)
@@ -120,15 +131,15 @@ def map_foreign_state_dict(
                 conv_name, bn_name = "head.0", "head.1"
             else:
                 conv_name, bn_name = f"{role}.{3 * index}", f"{role}.{3 * index + 1}"
-            _put_conv_bn(state, origin, conv, bn, conv_name, bn_name, source)
+            _put_conv_bn(state, origin, conv, bn, conv_name, bn_name, source, notes)
 
     upsamplers.sort(key=lambda m: -_conv_io(m)[1])  # a transposed conv's weight is (in, out, 2, 2)
     if len(upsamplers) != 4:
         name = upsamplers[4].first_name() if len(upsamplers) > 4 else "(none)"
         raise WeightsError(f"{source}: expected 4 transposed-conv upsamplers, found {len(upsamplers)} ({name})")
     for j, module in enumerate(upsamplers):
-        _put_with_bias(state, origin, module, f"upsample.{j}", out_axis=1)
-    _put_with_bias(state, origin, classifier, "classifier", out_axis=0)
+        _put_with_bias(state, origin, module, f"upsample.{j}", out_axis=1, notes=notes)
+    _put_with_bias(state, origin, classifier, "classifier", out_axis=0, notes=notes)
     architecture["num_classes"] = _conv_io(classifier)[1]
 
     expected = expected_shapes(architecture)
@@ -138,7 +149,7 @@ def map_foreign_state_dict(
                 f"{source}: tensor '{origin[key]}' has shape {tuple(state[key].shape)}, but at its place "
                 f"({key}) a U-Net of width {architecture['base_channels']} needs {shape}"
             )
-    return architecture, state
+    return architecture, state, notes
 
 
 def _kernel(module: _Module) -> int:
@@ -204,11 +215,20 @@ def _infer_roles(
 
 
 def _put_with_bias(
-    state: dict[str, torch.Tensor], origin: dict[str, str], module: _Module, name: str, out_axis: int
+    state: dict[str, torch.Tensor],
+    origin: dict[str, str],
+    module: _Module,
+    name: str,
+    out_axis: int,
+    notes: dict[str, list[str]],
 ) -> None:
     weight = module.get("weight")
     assert weight is not None
     bias = module.get("bias")
+    if bias is not None:
+        notes["kept"].append(module.tensors["bias"][0])
+    else:
+        notes["zero"].append(f"{name}.bias")
     state[f"{name}.weight"] = weight
     state[f"{name}.bias"] = bias if bias is not None else torch.zeros(weight.shape[out_axis], dtype=weight.dtype)
     origin[f"{name}.weight"] = origin[f"{name}.bias"] = module.tensors["weight"][0]
@@ -222,6 +242,7 @@ def _put_conv_bn(
     conv_name: str,
     bn_name: str,
     source: str | Path,
+    notes: dict[str, list[str]],
 ) -> None:
     weight = conv.get("weight")
     assert weight is not None
@@ -235,6 +256,7 @@ def _put_conv_bn(
     if conv_bias is not None:
         # BN(x + b) with mean m equals BN(x) with mean m - b, in training and in eval mode.
         running_mean = running_mean - conv_bias.to(running_mean.dtype)  # type: ignore[operator]
+        notes["folded"].append(conv.tensors["bias"][0])
     origin[f"{conv_name}.weight"] = conv.tensors["weight"][0]
     for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
         origin[f"{bn_name}.{leaf}"] = f"{bn.prefix}.{leaf}"
