@@ -18,7 +18,7 @@ from polypseg.deploy.backends import (
 from polypseg.deploy.runtime import CachedExport, plan_auto_backend
 from polypseg.hardware import NATIVE_BF16_ENV
 from polypseg.inference import predictor as predictor_module
-from polypseg.weights import save_pretrained
+from polypseg.weights import resolve, save_pretrained
 
 ALL = ["onnxruntime", "openvino", "torch"]
 
@@ -110,7 +110,7 @@ def test_plan_knows_whether_an_export_is_cached(tiny_unet, tmp_path, monkeypatch
     weights = save_pretrained(UNet(3, 3, base_channels=24), tmp_path / "w24", metadata={"input_size": [64, 64]})
     first = plan_auto_backend(weights, images=3)
     assert first[:2] == (("torch", "bf16") if flag == "1" else ("openvino", "32"))
-    cached = export._cache_target(weights, "openvino")
+    cached = export._cache_target(resolve(weights), "openvino")
     cached.mkdir(parents=True)
     (cached / "model.xml").write_bytes(b"")  # an export made earlier: OpenVINO costs nothing more now
     assert plan_auto_backend(weights, images=3)[:2] == ("openvino", "bf16" if flag == "1" else "32")
@@ -186,13 +186,13 @@ def test_predict_auto_says_once_what_it_chose(
 def test_predict_auto_counts_its_images_for_the_first_export(width8_weights, write_image, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_load_backend(weights, backend, precision, images=None):
+    def fake_load_backend(weights, backend, precision, images=None, decoder_concat=None):
         seen.update(backend=backend, images=images)
         from polypseg.weights import load_pretrained
 
-        return TorchBackend(load_pretrained(weights), "32")
+        return TorchBackend(load_pretrained(weights, decoder_concat=decoder_concat), "32")
 
-    monkeypatch.setattr(export, "load_backend", fake_load_backend)
+    monkeypatch.setattr(predictor_module, "load_backend", fake_load_backend)
     folder = tmp_path / "in"
     for name in ("a.jpg", "b.png", "sub/c.jpg"):
         write_image(folder / name, size=(40, 30))

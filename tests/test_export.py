@@ -79,7 +79,7 @@ def test_exported_models_take_any_batch_and_size(exported):
 def test_export_refuses_to_overwrite(exported):
     weights, out, images, _ = exported
     with pytest.raises(FileExistsError, match="overwrite"):
-        export_model(weights, "onnx", out, parity_images=images)
+        export_model(weights, "onnx", out)
 
 
 def test_int8_uses_full_bias_correction_on_every_calibration_image(monkeypatch):

@@ -16,12 +16,12 @@ from polypseg.classes import NUM_CLASSES, classes_to_mask, mask_to_classes
 from polypseg.config import TrainConfig
 from polypseg.data import find_pairs, load_pairs
 from polypseg.deploy.backends import TorchBackend
+from polypseg.evaluation import evaluate
 from polypseg.images import read_image, resize_image
 from polypseg.inference import Predictor
 from polypseg.losses import CombinedLoss
 from polypseg.metrics import threshold_dice_curves
 from polypseg.model import UNet
-from polypseg.training import evaluate
 from polypseg.tta import FLIPS, flip_tta
 from polypseg.weights import load_pretrained, save_pretrained
 
