@@ -185,7 +185,7 @@ def test_predict_auto_says_once_what_it_chose(
 def test_predict_auto_counts_its_images_for_the_first_export(width8_weights, write_image, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_load_backend(weights, backend, precision, images=None):
+    def fake_load_backend(weights, backend, precision, decoder_concat=None, images=None):
         seen.update(backend=backend, images=images)
         from polypseg.weights import load_pretrained
 
@@ -208,8 +208,8 @@ def test_predict_reports_the_first_export_apart_from_the_speed(
 ):
     from polypseg.weights import load_pretrained
 
-    def fake_load_backend(weights, backend, precision, images=None):
-        loaded = TorchBackend(load_pretrained(weights), "32")
+    def fake_load_backend(weights, backend, precision, decoder_concat=None, images=None):
+        loaded = TorchBackend(load_pretrained(weights, decoder_concat=decoder_concat), "32")
         loaded.export = CachedExport(tmp_path / "cache" / "x-onnx", "onnx", 12.3)
         loaded.auto_choice = BackendChoice("onnxruntime", "32", "CPU has no native bf16")
         return loaded

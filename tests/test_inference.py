@@ -201,11 +201,13 @@ def test_overlay_format_png_or_none(tiny_unet, synthetic_dataset, tmp_path, over
 
 
 def test_fast_class_argmax_equals_argmax_with_ties():
-    from polypseg.inference import _argmax3
+    from polypseg.classes import logits_to_classes
 
     logits = torch.randn(3, 97, 131)
     logits[:, :10] = torch.randint(0, 2, (3, 10, 131)).float()  # many exact ties
-    assert torch.equal(_argmax3(logits), logits.argmax(0).to(torch.uint8))
+    assert torch.equal(logits_to_classes(logits), logits.argmax(0).to(torch.uint8))
+    batched = torch.randn(2, 3, 17, 19)
+    assert torch.equal(logits_to_classes(batched), batched.argmax(1).to(torch.uint8))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -249,7 +249,19 @@ def test_cli_demo_web_serves_on_localhost_by_default(monkeypatch):
     assert main(["demo", "--web", "--weights", "w", "--host", "0.0.0.0", "--port", "8000", "--max-upload-mb", "5"]) == 0
     assert main(["demo", "--web", "--max-megapixels", "12.5"]) == 0
     assert main(["demo", "--web", "--tta"]) == 0
-    defaults = {"max_upload_mb": DEFAULT_MAX_UPLOAD_MB, "max_megapixels": DEFAULT_MAX_MEGAPIXELS, "tta": False}
+    defaults = {
+        "max_upload_mb": DEFAULT_MAX_UPLOAD_MB,
+        "max_megapixels": DEFAULT_MAX_MEGAPIXELS,
+        "tta": False,
+        "decoder_concat": None,
+        "threshold": 0.5,
+    }
+    assert main(["demo", "--web", "--decoder-concat", "up-skip", "--threshold", "0.7"]) == 0
+    assert calls[-1] == (
+        None,
+        {"host": "127.0.0.1", "port": 7860, **defaults, "decoder_concat": "up-skip", "threshold": 0.7},
+    )
+    calls.pop()
     assert calls == [
         (None, {"host": "127.0.0.1", "port": 7860, **defaults}),
         ("w", {"host": "0.0.0.0", "port": 8000, **defaults, "max_upload_mb": 5.0}),

@@ -300,12 +300,21 @@ class ForeignUNet(nn.Module):
 
     ``enc1``, ``down2..4`` (max-pool + double conv), ``bottleneck.net``, ``ups.{0..3}`` (``ups.0`` is the
     highest resolution, the reverse of ours), ``dec1..4`` (``dec1`` highest resolution), ``out.conv`` /
-    ``out.norm`` reduction head and a 1x1 ``final`` classifier, registered first.
+    ``out.norm`` reduction head and a 1x1 ``final`` classifier, registered first. ``concat`` is the order
+    of each decoder block's concatenation: ``"skip-up"`` (polypseg's) or ``"up-skip"``.
     """
 
-    def __init__(self, base: int = BASE, num_classes: int = 3, bias: bool = True, head_kernel_size: int = 3) -> None:
+    def __init__(
+        self,
+        base: int = BASE,
+        num_classes: int = 3,
+        bias: bool = True,
+        head_kernel_size: int = 3,
+        concat: str = "skip-up",
+    ) -> None:
         super().__init__()
         c = base
+        self.concat = concat
         self.final = nn.Conv2d(c // 2, num_classes, kernel_size=1)
         self.out = nn.Sequential(
             OrderedDict(
@@ -333,11 +342,14 @@ class ForeignUNet(nn.Module):
         x3 = self.down3(x2)
         x4 = self.down4(x3)
         y = self.bottleneck(nn.functional.max_pool2d(x4, 2))
-        y = self.dec4(torch.cat([x4, self.ups[3](y)], dim=1))
-        y = self.dec3(torch.cat([x3, self.ups[2](y)], dim=1))
-        y = self.dec2(torch.cat([x2, self.ups[1](y)], dim=1))
-        y = self.dec1(torch.cat([x1, self.ups[0](y)], dim=1))
+        y = self.dec4(self._cat(x4, self.ups[3](y)))
+        y = self.dec3(self._cat(x3, self.ups[2](y)))
+        y = self.dec2(self._cat(x2, self.ups[1](y)))
+        y = self.dec1(self._cat(x1, self.ups[0](y)))
         return self.final(self.out(y))
+
+    def _cat(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return torch.cat([skip, up] if self.concat == "skip-up" else [up, skip], dim=1)
 
 
 def _save_foreign(model: nn.Module, path: Path) -> Path:
@@ -361,11 +373,72 @@ def test_foreign_checkpoint_gives_the_same_outputs(tmp_path, bias, head_kernel_s
         "num_classes": 3,
         "base_channels": BASE,
         "head_kernel_size": head_kernel_size,
+        "decoder_concat": "skip-up",
     }
     images = _images(size=32)
     expected = _outputs(foreign, images)
     assert expected.abs().max() > 0.1  # the comparison is not between two near-zero outputs
     assert torch.allclose(_outputs(loaded, images), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_classes", [3, 1], ids=["3-class", "binary"])
+@pytest.mark.parametrize("concat", ["skip-up", "up-skip"])
+@pytest.mark.parametrize("bias", [True, False], ids=["conv-bias", "no-bias"])
+def test_foreign_checkpoint_of_either_concat_order_and_task(tmp_path, num_classes, concat, bias):
+    """Issue 13: 3-class or binary, either concat order, with or without conv biases: exact with the right order."""
+    foreign = _randomise(ForeignUNet(num_classes=num_classes, bias=bias, concat=concat), seed=11)
+    path = _save_foreign(foreign, tmp_path / "foreign.safetensors")
+    images = _images(size=32)
+    expected = _outputs(foreign, images)
+    assert expected.shape[1] == num_classes and expected.abs().mean() > 0.05
+    loaded = load_pretrained(path, decoder_concat=concat)
+    assert loaded.num_classes == num_classes and loaded.decoder_concat == concat
+    assert (_outputs(loaded, images) - expected).abs().max() < 1e-4
+    other = "up-skip" if concat == "skip-up" else "skip-up"
+    wrong = _outputs(load_pretrained(path, decoder_concat=other), images)
+    assert (wrong - expected).abs().max() > 1e-2  # the order matters: the wrong one is not close
+
+    info = polypseg.weights.inspect_weights(path, decoder_concat=concat)
+    assert info.layout == "foreign" and info.concat_source == "argument"
+    assert info.task == ("binary" if num_classes == 1 else "multiclass")
+    assert len(info.folded_biases) == (19 if bias else 0)  # 18 double-conv convolutions + the head's
+    assert info.zero_biases == [] and len(info.kept_biases) == 5  # 4 upsamplers + classifier
+
+
+def test_foreign_file_without_config_says_which_order_was_assumed(tmp_path, caplog):
+    foreign = _randomise(ForeignUNet(num_classes=1, concat="up-skip"), seed=12)
+    path = _save_foreign(foreign, tmp_path / "foreign.safetensors")
+    with caplog.at_level("WARNING", logger="polypseg.weights"):
+        model = load_pretrained(path)
+    notices = [r.getMessage() for r in caplog.records if r.name == "polypseg.weights"]
+    assert model.decoder_concat == "skip-up" and len(notices) == 1
+    assert str(path) in notices[0] and "assuming skip-up" in notices[0] and "--decoder-concat up-skip" in notices[0]
+    assert "\n" not in notices[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="polypseg.weights"):
+        load_pretrained(path, decoder_concat="up-skip")  # chosen: nothing to say
+        load_pretrained(save_pretrained(model, tmp_path / "ours"))  # our config.json records the order
+    assert not [r for r in caplog.records if r.name == "polypseg.weights"]
+
+
+def test_decoder_concat_is_saved_and_restored(tmp_path):
+    model = _randomise(UNet(num_classes=1, base_channels=BASE, decoder_concat="up-skip"), seed=13)
+    folder = save_pretrained(model, tmp_path / "w")
+    config = read_model_config(folder)
+    assert config["decoder_concat"] == "up-skip" and config["task"] == "binary"
+    assert config["class_names"] == ["background", "polyp"]
+    loaded = load_pretrained(folder)
+    assert loaded.decoder_concat == "up-skip"
+    images = _images(size=32)
+    assert torch.equal(_outputs(loaded, images), _outputs(model, images))
+    assert polypseg.weights.inspect_weights(folder).concat_source == "config.json"
+    overridden = load_pretrained(folder, decoder_concat="skip-up")  # an explicit choice wins
+    assert overridden.decoder_concat == "skip-up"
+    (folder / CONFIG_NAME).write_text(json.dumps({**config, "decoder_concat": "sideways"}))
+    with pytest.raises(WeightsError, match="decoder_concat"):
+        load_pretrained(folder)
+    with pytest.raises(ValueError, match="decoder_concat"):
+        load_pretrained(tmp_path / "w", decoder_concat="down-up")
 
 
 def test_foreign_checkpoint_survives_save_pretrained(tmp_path):

@@ -1,6 +1,6 @@
 """Command line: thin subcommands over the library.
 
-``polypseg train|evaluate|predict|demo|export|benchmark|card|push|data``.
+``polypseg train|evaluate|predict|demo|export|inspect|benchmark|card|push|data``.
 
 Every subcommand parses its arguments and calls one library function; errors in the input become one
 line on stderr and a non-zero exit code.
@@ -23,6 +23,18 @@ __all__ = ["main"]
 DEFAULT_DATA = "../shared/datasets/kvasir-seg"
 WEIGHTS_HELP = "weights folder, .safetensors, run folder or hf://OWNER/REPO[@REVISION] (default: bundled)"
 TTA_HELP = "flip test-time augmentation: average the predictions of the image and its 3 flips (4x slower)"
+CONCAT_HELP = (
+    "decoder concatenation order of the weights: skip-up = cat([skip, upsampled]) (polypseg's), up-skip = "
+    "cat([upsampled, skip]); default: what config.json records, else skip-up (`polypseg inspect --data` tells)"
+)
+THRESHOLD_HELP = "binary weights (one output channel): polyp where the sigmoid probability is >= this (default 0.5)"
+
+
+def _add_weights_options(parser: argparse.ArgumentParser, threshold: bool = True) -> None:
+    """``--decoder-concat`` (every command with ``--weights``) and ``--threshold`` (those that segment)."""
+    parser.add_argument("--decoder-concat", default=None, choices=["skip-up", "up-skip"], help=CONCAT_HELP)
+    if threshold:
+        parser.add_argument("--threshold", type=_number_between(0, 1), default=0.5, help=THRESHOLD_HELP)
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -71,6 +83,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--augment", default=None, help="augmentation preset: none, light, robust, strong")
     parser.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights for validation and best/")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps")
+    parser.add_argument(
+        "--task",
+        default=None,
+        choices=["multiclass", "binary"],
+        help="multiclass (the card: 3 classes, CE + Dice) or binary (1 channel, BCE + Dice); default: the config's",
+    )
     parser.set_defaults(handler=_train)
 
 
@@ -107,6 +125,7 @@ def _train(args: argparse.Namespace) -> int:
         time_budget=parse_duration(args.time_budget) if args.time_budget else None,
         augment=args.augment,
         ema_decay=args.ema_decay,
+        task=args.task,
     )
     if saved is not None:
         # Settings given on resume that differ from the run's own would be ignored: refuse them instead.
@@ -156,6 +175,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--report", action="store_true", help="also write dice_histogram.png and worst_cases.png into --out"
     )
+    _add_weights_options(parser)
     parser.set_defaults(handler=_evaluate)
 
 
@@ -181,6 +201,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         tta=args.tta,
+        decoder_concat=args.decoder_concat,
+        threshold=args.threshold,
     )
     print(format_table(report))
     if args.out is not None:
@@ -239,6 +261,8 @@ def _evaluate_datasets(args: argparse.Namespace, data: list[Path]) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         tta=args.tta,
+        decoder_concat=args.decoder_concat,
+        threshold=args.threshold,
     )
     for name, report in rows:
         print(f"{name}: split {report.split}, {report.images} images ({report.split_source}), {report.data}")
@@ -289,6 +313,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         help="regions under this %% of the image are not counted as polyps (default 0.1)",
     )
     parser.add_argument("--tta", action="store_true", help=TTA_HELP)
+    _add_weights_options(parser)
     parser.set_defaults(handler=_predict)
 
     def one_line_error(message: str) -> NoReturn:  # argparse would print the usage first: several lines
@@ -310,8 +335,10 @@ def _run_predict(weights: str | None, inputs: Sequence[str], args: argparse.Name
         backend=args.backend,
         precision=args.precision,
         tta=args.tta,
+        decoder_concat=args.decoder_concat,
         min_polyp_fraction=args.min_polyp_area / 100.0,
         images=count,
+        threshold=args.threshold,
     )
     export_seconds = _report_backend(predictor.backend)
     ok = True
@@ -393,6 +420,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-megapixels", type=float, default=40.0, help="--web: largest image segmented, in MP (default: 40)"
     )
+    _add_weights_options(parser)
     parser.set_defaults(
         handler=_demo, batch_size=4, backend="torch", precision="auto", opacity=0.4, min_polyp_area=0.1, overlay="jpg"
     )
@@ -411,6 +439,8 @@ def _demo(args: argparse.Namespace) -> int:
             max_upload_mb=args.max_upload_mb,
             max_megapixels=args.max_megapixels,
             tta=args.tta,
+            decoder_concat=args.decoder_concat,
+            threshold=args.threshold,
         )
         return 0
     return _run_predict(args.weights, [str(bundled_examples_dir())], args)
@@ -423,6 +453,7 @@ def _add_card(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repo", default=None, help="OWNER/REPO the card is for (title and usage examples)")
     parser.add_argument("--out", type=Path, default=None, help="file to write, e.g. README.md (default: print it)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_weights_options(parser, threshold=False)
     parser.set_defaults(handler=_card)
 
 
@@ -432,7 +463,7 @@ def _card(args: argparse.Namespace) -> int:
 
     if args.out is not None and args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out}: exists; pass --overwrite to replace it")
-    text = model_card(args.weights, args.metrics, repo_id=args.repo)
+    text = model_card(args.weights, args.metrics, repo_id=args.repo, decoder_concat=args.decoder_concat)
     if args.out is None:
         print(text, end="")
     else:
@@ -453,6 +484,7 @@ def _add_push(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN or login)")
     parser.add_argument("--message", default=None, help="commit message")
+    _add_weights_options(parser, threshold=False)
     parser.set_defaults(handler=_push)
 
 
@@ -468,6 +500,7 @@ def _push(args: argparse.Namespace) -> int:
         revision=args.revision,
         token=args.token,
         commit_message=args.message,
+        decoder_concat=args.decoder_concat,
     )
     print(f"pushed to {url}")
     return 0
@@ -520,6 +553,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
         "--parity-images", nargs="*", default=(), help="images for the parity check (default: examples)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    _add_weights_options(parser, threshold=False)
     parser.set_defaults(handler=_export)
 
 
@@ -534,11 +568,69 @@ def _export(args: argparse.Namespace) -> int:
         parity_images=args.parity_images,
         calibration_images=calibration,
         overwrite=args.overwrite,
+        decoder_concat=args.decoder_concat,
     )
     for path in report.files:
         print(f"wrote {path}")
     for parity in report.parity:
         print(f"parity with PyTorch fp32, {parity}")
+    return 0
+
+
+def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inspect", help="say what was read off a weights file; with --data, which decoder concat order fits"
+    )
+    parser.add_argument("weights", nargs="?", default=None, help=WEIGHTS_HELP)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder with images/ and masks/: score both decoder concat orders on up to 20 of its labelled images",
+    )
+    parser.add_argument("--max-images", type=_positive_int, default=20, help="labelled images to score (default 20)")
+    _add_weights_options(parser)
+    parser.set_defaults(handler=_inspect)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from polypseg.weights import inspect_weights
+
+    info = inspect_weights(args.weights, args.decoder_concat)
+    arch = info.architecture
+    classes = "1 (binary: sigmoid, polyp where >= threshold)" if info.task == "binary" else str(arch["num_classes"])
+    layout = "polypseg (config.json)" if info.layout == "polypseg" else "foreign, tensors mapped by structure"
+    source = {
+        "argument": "given with --decoder-concat",
+        "config.json": "recorded in config.json",
+        "default": "polypseg's own (config.json older than the setting)",
+        "assumed": "assumed: no config.json records it, and the tensors cannot tell",
+    }[info.concat_source]
+    print(f"weights: {info.path}")
+    print(f"layout: {layout}")
+    print(f"task: {info.task}")
+    print(f"output classes: {classes}")
+    print(f"width (base_channels): {arch['base_channels']}, input channels: {arch['in_channels']}")
+    print(f"head kernel: {arch['head_kernel_size']}x{arch['head_kernel_size']}")
+    folded = info.folded_biases
+    examples = f" ({', '.join(folded[:3])}{', ...' if len(folded) > 3 else ''})" if folded else ""
+    print(f"conv biases folded into BatchNorm: {len(folded)}{examples}")
+    print(f"biases used as they are: {len(info.kept_biases)}; missing, set to zero: {len(info.zero_biases)}")
+    print(f"decoder concat: {arch['decoder_concat']} ({source})")
+    if args.data is None:
+        if info.concat_source == "assumed":
+            print("to check the order, pass --data DIR (a folder with images/ and masks/)")
+        return 0
+    from polypseg.evaluation import score_concat_orders
+
+    fit = score_concat_orders(args.weights, args.data, max_images=args.max_images, threshold=args.threshold)
+    for order, dice in fit.dice.items():
+        print(f"polyp Dice with {order} on {fit.images} labelled images of {args.data}: {dice:.4f}")
+    other = min(fit.dice, key=lambda order: fit.dice[order])
+    print(
+        f"fits: {fit.best} (Dice {fit.dice[fit.best]:.4f} vs {fit.dice[other]:.4f}); "
+        f"load with --decoder-concat {fit.best} (Python: decoder_concat={fit.best!r})"
+    )
     return 0
 
 
@@ -571,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(subparsers)
     _add_demo(subparsers)
     _add_export(subparsers)
+    _add_inspect(subparsers)
     _add_benchmark(subparsers)
     _add_card(subparsers)
     _add_push(subparsers)

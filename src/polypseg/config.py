@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
+from polypseg.classes import DEFAULT_THRESHOLD, TASKS
 from polypseg.io import atomic_write_text
+from polypseg.model import DECODER_CONCATS
 
 __all__ = [
     "AUGMENTATIONS",
@@ -43,7 +45,16 @@ MAX_BASE_CHANNELS = 256
 MAX_HEAD_KERNEL_SIZE = 7
 MAX_IMAGE_SIZE = 2048
 MAX_BOUNDARY_WIDTH_PX = 64
-_FLOAT_FIELDS = ("lr", "weight_decay", "min_lr", "ce_weight", "dice_weight", "plateau_factor", "warmup_fraction")
+_FLOAT_FIELDS = (
+    "lr",
+    "weight_decay",
+    "min_lr",
+    "ce_weight",
+    "dice_weight",
+    "plateau_factor",
+    "warmup_fraction",
+    "threshold",
+)
 
 
 def _is_int(value: Any) -> bool:
@@ -96,6 +107,10 @@ class TrainConfig:
     # Model
     base_channels: int = 64  # width of the first encoder stage (card: 64)
     head_kernel_size: int = 3  # reduction head conv kernel
+    task: str = "multiclass"  # "multiclass" (the card: 3 classes, CE + Dice) or "binary" (1 channel, BCE + Dice)
+    num_classes: int | None = None  # output channels: 3 or 1 (1 implies task: binary); default: the task's
+    decoder_concat: str = "skip-up"  # decoder concatenation order: [skip, upsampled] or "up-skip"
+    threshold: float = DEFAULT_THRESHOLD  # binary: polyp where the sigmoid probability is >= this
     # Data
     data_dir: str | None = None  # dataset folder (images/, masks/); recorded by train, reused by --resume
     image_size: int = 256  # training resolution (square)
@@ -152,6 +167,20 @@ class TrainConfig:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.num_classes is not None:
+            if not _is_int(self.num_classes) or self.num_classes not in (1, 3):
+                raise ValueError(f"num_classes must be 3 or 1 (binary), got {self.num_classes!r}")
+            if self.num_classes == 1:
+                self.task = "binary"
+            elif self.task == "binary":
+                raise ValueError("task: binary needs num_classes: 1 (or no num_classes), got num_classes: 3")
+        if self.decoder_concat not in DECODER_CONCATS:
+            raise ValueError(f"decoder_concat must be one of {', '.join(DECODER_CONCATS)}, got {self.decoder_concat!r}")
+        _check_number("threshold", self.threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be from 0 to 1, got {self.threshold!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         # Numbers are bounded: a hand-edited or hostile config must not build a huge model or run for ever.
@@ -203,6 +232,11 @@ class TrainConfig:
             raise ValueError(f"split_sizes needs 3 values (train, val, test), got {sizes!r}")
         if not all(_is_number(v) and v >= 0 for v in sizes):
             raise ValueError(f"split_sizes must be 3 non-negative numbers (counts or fractions), got {sizes!r}")
+
+    @property
+    def out_channels(self) -> int:
+        """The network's output channels: 1 for the binary task, else 3."""
+        return 1 if self.task == "binary" else 3
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (YAML / JSON friendly)."""

@@ -23,15 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polypseg.classes import CLASS_NAMES
+from polypseg.classes import CLASS_NAMES, DEFAULT_THRESHOLD, task_of
 from polypseg.config import TrainConfig
 from polypseg.data import find_pairs, load_pairs, load_splits, make_splits
 from polypseg.io import atomic_write_text
 from polypseg.metrics import LITERATURE_COLUMNS
+from polypseg.model import DECODER_CONCATS
 from polypseg.training import EvaluationResult, evaluate
 from polypseg.weights import CONFIG_NAME, load_pretrained, read_model_config, resolve_weights
 
 __all__ = [
+    "ConcatFit",
     "EvaluationReport",
     "dataset_names",
     "format_literature_table",
@@ -39,6 +41,7 @@ __all__ = [
     "resolve_split",
     "run_evaluation",
     "run_evaluations",
+    "score_concat_orders",
 ]
 
 
@@ -56,6 +59,9 @@ class EvaluationReport:
     image_size: int = 256
     #: Name of the dataset in tables (the folder's name).
     dataset: str = ""
+    #: The decoder concatenation order the weights were loaded with, and the binary threshold.
+    decoder_concat: str = "skip-up"
+    threshold: float = DEFAULT_THRESHOLD
 
 
 BOXES_FILES = ("kavsir_bboxes.json", "bboxes.json")
@@ -143,11 +149,15 @@ def run_evaluation(
     batch_size: int = 8,
     overwrite: bool = False,
     tta: bool = False,
+    decoder_concat: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> EvaluationReport:
     """Evaluate weights on a split of a dataset folder and write ``metrics.json`` and ``per_image.csv``.
 
     With ``tta`` the scores are those of flip test-time augmentation (:func:`polypseg.tta.flip_tta`);
-    ``metrics.json`` records ``"tta"`` either way.
+    ``metrics.json`` records ``"tta"`` either way, and the task (and, for binary weights, the
+    ``threshold`` on the sigmoid probability). ``decoder_concat`` is passed to
+    :func:`polypseg.load_pretrained`.
     """
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -161,16 +171,25 @@ def run_evaluation(
     missing = [name for name in names if name not in by_name]
     if missing:
         raise ValueError(f"{len(missing)} images of the split are not in {data_dir}, e.g. {missing[0]!r}")
-    model = load_pretrained(weights)
+    model = load_pretrained(weights, decoder_concat=decoder_concat)
     config = read_model_config(weights)
     image_size = int(config.get("input_size", [256, 256])[0])
     boundary = int(config.get("boundary_width_px", 3))
     pairs = load_pairs([by_name[name] for name in names], image_size)
     boxes = read_truth_boxes(data_dir, image_size)
-    result = evaluate(model, pairs, batch_size=batch_size, boundary_width_px=boundary, truth_boxes=boxes, tta=tta)
+    result = evaluate(
+        model,
+        pairs,
+        batch_size=batch_size,
+        boundary_width_px=boundary,
+        truth_boxes=boxes,
+        tta=tta,
+        threshold=threshold,
+    )
     detection_truth = "bounding-box file" if boxes is not None else "mask regions"
     report = EvaluationReport(result, split, source, len(names), detection_truth, tta)
     report.data, report.image_size, report.dataset = str(data_dir), image_size, Path(data_dir).resolve().name
+    report.decoder_concat, report.threshold = model.decoder_concat, threshold
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {
@@ -182,6 +201,9 @@ def run_evaluation(
             "detection_truth": detection_truth,
             "image_size": image_size,
             "tta": tta,
+            "task": task_of(model.num_classes),
+            "decoder_concat": model.decoder_concat,
+            **({"threshold": threshold} if model.num_classes == 1 else {}),
             "metrics": {key: round(value, 6) for key, value in result.metrics.items()},
         }
         if "lit_mean_dice" in result.metrics:
@@ -205,9 +227,11 @@ def format_table(report: EvaluationReport) -> str:
         + (", flip test-time augmentation" if report.tta else ""),
         f"{'':28}{'Dice':>8}{'IoU':>8}",
     ]
-    for name in CLASS_NAMES:
+    names = [name for name in CLASS_NAMES if f"dice_{name}" in m]  # binary weights: no boundary class
+    for name in names:
         lines.append(f"{'class ' + name:28}{m[f'dice_{name}']:8.4f}{m[f'iou_{name}']:8.4f}")
-    lines.append(f"{'3-class mean (card)':28}{m['mean_dice']:8.4f}{m['mean_iou']:8.4f}")
+    mean_label = "3-class mean (card)" if len(names) == 3 else f"{len(names)}-class mean"
+    lines.append(f"{mean_label:28}{m['mean_dice']:8.4f}{m['mean_iou']:8.4f}")
     lines.append(f"{'polyp, mean per image':28}{m['polyp_dice']:8.4f}{m['polyp_iou']:8.4f}")
     lines.append(f"{'polyp, dataset-level':28}{m['polyp_dice_dataset']:8.4f}{m['polyp_iou_dataset']:8.4f}")
     lines.append(
@@ -294,6 +318,8 @@ def run_evaluations(
     batch_size: int = 8,
     overwrite: bool = False,
     tta: bool = False,
+    decoder_concat: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> list[tuple[str, EvaluationReport]]:
     """Evaluate weights on several dataset folders; returns ``(name, report)`` per folder, in order.
 
@@ -325,9 +351,60 @@ def run_evaluations(
             batch_size=batch_size,
             overwrite=overwrite,
             tta=tta,
+            decoder_concat=decoder_concat,
+            threshold=threshold,
         )
         report.dataset = name
         rows.append((name, report))
     if out_dir is not None:
         atomic_write_text(Path(out_dir) / LITERATURE_CSV, literature_csv(rows))
     return rows
+
+
+@dataclass
+class ConcatFit:
+    """How well each decoder concatenation order fits weights on labelled images (:func:`score_concat_orders`).
+
+    Attributes:
+        dice: Polyp Dice, mean per image, by order (``"skip-up"``, ``"up-skip"``).
+        images: How many labelled images were scored.
+    """
+
+    dice: dict[str, float]
+    images: int
+
+    @property
+    def best(self) -> str:
+        """The order with the higher Dice."""
+        return max(self.dice, key=lambda order: self.dice[order])
+
+
+def score_concat_orders(
+    weights: str | Path | None,
+    data_dir: str | Path,
+    max_images: int = 20,
+    threshold: float = DEFAULT_THRESHOLD,
+    batch_size: int = 8,
+) -> ConcatFit:
+    """Score weights with both decoder concatenation orders on up to ``max_images`` labelled images.
+
+    The tensors cannot tell the order; a trained network gives good masks with its own order and poor
+    ones with the other. The images are spread evenly over the folder's pairs (sorted by name) and scored
+    by :func:`polypseg.training.evaluate` (polyp Dice, mean per image) at the weights' input size.
+
+    Raises:
+        DatasetError: The folder holds no usable image/mask pairs (all problems named).
+    """
+    samples = find_pairs(data_dir)
+    if not samples:
+        raise ValueError(f"{data_dir}: no labelled images (images/ and masks/)")
+    step = max(len(samples) / max_images, 1.0)
+    picked = [samples[int(i * step)] for i in range(min(max_images, len(samples)))]
+    image_size = int(read_model_config(weights).get("input_size", [256, 256])[0])
+    pairs = load_pairs(picked, image_size)
+    dice = {}
+    for order in DECODER_CONCATS:
+        model = load_pretrained(weights, decoder_concat=order)
+        result = evaluate(model, pairs, batch_size=batch_size, threshold=threshold)
+        dice[order] = result.metrics["polyp_dice"]
+    return ConcatFit(dice, len(picked))

@@ -33,6 +33,7 @@ from polypseg.backends import (
     choose_backend,
     installed_backends,
 )
+from polypseg.classes import class_names_for, logits_to_classes, task_of
 from polypseg.data import resize_image
 from polypseg.hardware import cpu_supports_bf16, native_bf16_evidence
 from polypseg.io import atomic_write_text, read_image
@@ -97,13 +98,18 @@ def images_for(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
 
 
 def parity(reference: Backend, candidate: Backend, images: np.ndarray, name: str, batch_size: int = 4) -> Parity:
-    """Compare two backends' logits and class maps on ``images`` (N, 3, H, W)."""
+    """Compare two backends' logits and class maps on ``images`` (N, 3, H, W).
+
+    Class maps are :func:`polypseg.classes.logits_to_classes` of the logits: the argmax, or for a binary
+    model (one channel) the sigmoid at the default threshold.
+    """
     worst, agree, total = 0.0, 0, 0
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
         expected, actual = reference(batch), candidate(batch)
         worst = max(worst, float(np.abs(expected - actual).max()))
-        agree += int((expected.argmax(1) == actual.argmax(1)).sum())
+        expected_classes = logits_to_classes(torch.from_numpy(np.asarray(expected)))
+        agree += int((expected_classes == logits_to_classes(torch.from_numpy(np.asarray(actual)))).sum())
         total += expected.shape[0] * expected.shape[2] * expected.shape[3]
     return Parity(name, worst, agree / max(total, 1))
 
@@ -177,6 +183,7 @@ def export_model(
     calibration_images: Sequence[str | Path] = (),
     overwrite: bool = False,
     check_parity: bool = True,
+    decoder_concat: str | None = None,
 ) -> ExportReport:
     """Export weights to ``fmt`` ("onnx" or "openvino") in ``out_dir`` and check parity.
 
@@ -188,6 +195,8 @@ def export_model(
         calibration_images: Images for int8 post-training quantisation (OpenVINO only; empty: no int8).
         overwrite: Replace an existing export.
         check_parity: Run the exported models beside PyTorch on the parity images.
+        decoder_concat: The decoder's concatenation order for weights whose ``config.json`` does not
+            say it (see :func:`polypseg.load_pretrained`); the export's ``config.json`` records it.
 
     Returns:
         The files written and the parity of each exported model with PyTorch fp32.
@@ -198,8 +207,14 @@ def export_model(
     if (out_dir / "model.onnx").exists() and not overwrite:
         raise FileExistsError(f"{out_dir}: holds an export already; pass --overwrite to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = load_pretrained(weights)
-    config = read_model_config(weights) or {"architecture": "UNet", **model.config}
+    model = load_pretrained(weights, decoder_concat=decoder_concat)
+    config = {
+        "architecture": "UNet",
+        **read_model_config(weights),
+        **model.config,
+        "task": task_of(model.num_classes),
+        "class_names": list(class_names_for(model.num_classes)),
+    }
     image_size = int(config.get("input_size", [256, 256])[0])
 
     report = ExportReport()
@@ -212,7 +227,8 @@ def export_model(
         "export": {
             "format": fmt,
             "input": "images (B, 3, H, W) float32 RGB in [0, 1], H and W multiples of 16",
-            "output": "logits (B, classes, H, W)",
+            "output": "logits (B, classes, H, W)"
+            + ("; one channel: sigmoid >= threshold (0.5) is polyp" if model.num_classes == 1 else ""),
             "int8": calibration is not None,
         },
     }
@@ -227,7 +243,7 @@ def export_model(
 
         parity_images = sorted(bundled_examples_dir().glob("*.jpg"))
     images = images_for(parity_images, image_size)
-    reference = TorchBackend(load_pretrained(weights), precision="32")
+    reference = TorchBackend(model, precision="32")
     report.parity.append(parity(reference, OnnxRuntimeBackend(out_dir / "model.onnx"), images, "onnxruntime fp32"))
     if fmt == "openvino":
         report.parity.append(parity(reference, OpenVINOBackend(out_dir, "32"), images, "openvino fp32"))
@@ -285,23 +301,25 @@ class CachedExport:
         return f"exported the model for {self.fmt} in {self.seconds:.1f} s (cached in {self.path})"
 
 
-def _cache_target(weights: str | Path | None, fmt: str) -> Path:
-    """The export cache folder for these weights (by file content) and format."""
+def _cache_target(weights: str | Path | None, fmt: str, decoder_concat: str | None = None) -> Path:
+    """The export cache folder for these weights (by file content), decoder concatenation order and format."""
     resolved = resolve_weights(weights)
     weights_file = resolved / WEIGHTS_NAME if resolved.is_dir() else resolved
     digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()[:20]
-    return export_cache_dir() / f"{digest}-{fmt}"
+    # The order is part of the graph, not of the weights: an up-skip export has its own cache entry.
+    concat = decoder_concat or read_model_config(weights).get("decoder_concat", "skip-up")
+    return export_cache_dir() / (f"{digest}-{fmt}" if concat == "skip-up" else f"{digest}-{concat}-{fmt}")
 
 
-def _cached_export(weights: str | Path | None, fmt: str) -> CachedExport:
-    """Export once per weights file content and format; later calls reuse the folder."""
-    target = _cache_target(weights, fmt)
+def _cached_export(weights: str | Path | None, fmt: str, decoder_concat: str | None = None) -> CachedExport:
+    """Export once per weights file content, decoder concatenation order and format; later calls reuse the folder."""
+    target = _cache_target(weights, fmt, decoder_concat)
     if _is_export(target):
         return CachedExport(target, fmt)
     start = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as scratch:
-        export_model(weights, fmt, Path(scratch) / "out", check_parity=False)
+        export_model(weights, fmt, Path(scratch) / "out", check_parity=False, decoder_concat=decoder_concat)
         try:
             os.replace(Path(scratch) / "out", target)
         except OSError:  # another process finished the same export first
@@ -313,7 +331,10 @@ def _cached_export(weights: str | Path | None, fmt: str) -> CachedExport:
 
 
 def plan_auto_backend(
-    weights: str | Path | None = None, precision: str = "auto", images: int | None = None
+    weights: str | Path | None = None,
+    precision: str = "auto",
+    images: int | None = None,
+    decoder_concat: str | None = None,
 ) -> BackendChoice:
     """What ``--backend auto`` runs for these weights on this machine (see :func:`~polypseg.backends.choose_backend`).
 
@@ -339,12 +360,16 @@ def plan_auto_backend(
         precision=precision,
         bf16_evidence=native_bf16_evidence(),
         images=images,
-        export_ready=exported or _is_export(_cache_target(weights, "openvino")),
+        export_ready=exported or _is_export(_cache_target(weights, "openvino", decoder_concat)),
     )
 
 
 def load_backend(
-    weights: str | Path | None = None, backend: str = "torch", precision: str = "auto", images: int | None = None
+    weights: str | Path | None = None,
+    backend: str = "torch",
+    precision: str = "auto",
+    decoder_concat: str | None = None,
+    images: int | None = None,
 ) -> Backend:
     """Build an inference backend for weights, exporting (once, cached) when the runtime needs it.
 
@@ -361,6 +386,8 @@ def load_backend(
             int8 export, else bf16 where the CPU computes it natively, else fp32).
         precision: ``"auto"`` (bf16 where the CPU computes it natively, else fp32), ``"32"``, ``"bf16"``
             (torch, openvino) or ``"int8"`` (openvino, from an export made with ``--int8``).
+        decoder_concat: The decoder's concatenation order for weights whose ``config.json`` does not say
+            it (see :func:`polypseg.load_pretrained`); an export folder has it built in and refuses another.
         images: For ``auto``: how many images are about to be segmented (``None``: unknown or many); with
             few images and no export made yet, a first export is not worth it (see
             :func:`~polypseg.backends.choose_backend`).
@@ -370,7 +397,7 @@ def load_backend(
     """
     choice = None
     if backend == "auto":
-        choice = plan_auto_backend(weights, precision, images)
+        choice = plan_auto_backend(weights, precision, images, decoder_concat)
         backend, precision = choice.backend, choice.precision
         logger.info("backend auto: %s", choice)
     if backend not in ("torch", "onnxruntime", "openvino"):
@@ -379,10 +406,16 @@ def load_backend(
     folder = resolved if resolved.is_dir() else resolved.parent
     exported = _is_export(folder) and not (folder / WEIGHTS_NAME).exists()
     made: CachedExport | None = None
+    if exported and decoder_concat is not None:
+        built = read_model_config(folder).get("decoder_concat", "skip-up")
+        if built != decoder_concat:
+            raise ValueError(
+                f"{folder}: an export with the decoder order {built} built in; --decoder-concat cannot change it"
+            )
     if backend == "torch":
         if exported:
             raise ValueError(f"{folder}: an export folder; use --backend onnxruntime or openvino with it")
-        loaded: Backend = TorchBackend(load_pretrained(weights), precision)
+        loaded: Backend = TorchBackend(load_pretrained(weights, decoder_concat=decoder_concat), precision)
     else:
         if precision == "int8" and not (backend == "openvino" and (folder / "model_int8.xml").exists()):
             raise ValueError(
@@ -392,7 +425,7 @@ def load_backend(
         if exported:
             source = folder
         else:
-            made = _cached_export(weights, "openvino" if backend == "openvino" else "onnx")
+            made = _cached_export(weights, "openvino" if backend == "openvino" else "onnx", decoder_concat)
             source = made.path
         if backend == "onnxruntime":
             if precision not in ("auto", "32"):

@@ -47,6 +47,7 @@ from polypseg.weights import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     WeightsError,
+    inspect_weights,
     load_pretrained,
     read_model_config,
     resolve_weights,
@@ -212,15 +213,28 @@ class _Sources:
     splits: dict[str, list[str]] | None
     epochs: list[dict[str, str]]
     evaluation: dict[str, Any] | None
+    #: Where the decoder concatenation order came from (see :class:`polypseg.weights.WeightsInfo`).
+    concat_source: str = "config.json"
+
+    @property
+    def binary(self) -> bool:
+        """The binary variant (one output channel)."""
+        return self.config.get("num_classes") == 1
 
 
-def _read_sources(run_or_weights: str | Path, metrics_json: str | Path | None) -> _Sources:
+def _read_sources(
+    run_or_weights: str | Path, metrics_json: str | Path | None, decoder_concat: str | None = None
+) -> _Sources:
     folder = resolve_weights(run_or_weights)
     weights_dir = folder if folder.is_dir() else folder.parent
     weights_file = folder / WEIGHTS_NAME if folder.is_dir() else folder
     if not weights_file.is_file():
         raise WeightsError(f"{weights_file}: weights file not found")
     config = read_model_config(folder)
+    # What the tensors say (task, classes; a foreign file has no config.json to say it) and the order used.
+    info = inspect_weights(folder, decoder_concat)
+    config = {"num_classes": info.architecture["num_classes"], **config, "task": info.task}
+    config["decoder_concat"] = info.architecture["decoder_concat"]
     run_dir = (
         weights_dir.parent if weights_dir.name == "best" and (weights_dir.parent / "config.yaml").exists() else None
     )
@@ -237,7 +251,7 @@ def _read_sources(run_or_weights: str | Path, metrics_json: str | Path | None) -
     evaluation = _read_json(Path(metrics_json)) if metrics_json is not None else None
     if evaluation is not None and not isinstance(evaluation.get("metrics"), dict):
         raise ValueError(f"{metrics_json}: not a metrics.json of `polypseg evaluate` (no 'metrics' object)")
-    return _Sources(weights_dir, config, run_dir, training, splits, epochs, evaluation)
+    return _Sources(weights_dir, config, run_dir, training, splits, epochs, evaluation, info.concat_source)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -320,6 +334,7 @@ def model_card(
     run_or_weights_dir: str | Path,
     metrics_json: str | Path | None = None,
     repo_id: str | None = None,
+    decoder_concat: str | None = None,
 ) -> str:
     """Write the model card (``README.md`` with Hugging Face Hub metadata) of a run or a weights folder.
 
@@ -332,6 +347,8 @@ def model_card(
         run_or_weights_dir: A training run folder, a weights folder, a ``.safetensors`` file or ``hf://``.
         metrics_json: ``metrics.json`` of ``polypseg evaluate`` on these weights.
         repo_id: The Hub repository the card is for (used in its title and usage examples).
+        decoder_concat: The decoder concatenation order, for weights whose ``config.json`` does not say it;
+            the card states the order and its usage examples pass it.
 
     Returns:
         The card's Markdown text, starting with the YAML metadata block.
@@ -339,13 +356,13 @@ def model_card(
     Example:
         >>> card = model_card("runs/seed", "reports/seed/metrics.json", repo_id="me/polyp-unet")  # doctest: +SKIP
     """
-    sources = _read_sources(run_or_weights_dir, metrics_json)
+    sources = _read_sources(run_or_weights_dir, metrics_json, decoder_concat)
     name = repo_id.split("/")[-1] if repo_id else _display_name(sources)
     sections = [
         _front_matter(sources, name),
         f"# {name}\n",
         _summary(sources),
-        _intended_use(),
+        _intended_use(sources.binary),
         _model_section(sources),
         _classes_section(sources),
         _usage_section(repo_id, sources),
@@ -408,14 +425,19 @@ def _summary(sources: _Sources) -> str:
         if sources.config.get("format") == "polypseg"
         else "in a checkpoint that polypseg loads; how it was trained is not recorded in its files"
     )
+    classes = (
+        "into polyp and background (the model card's binary variant: one logit per pixel, sigmoid)"
+        if sources.binary
+        else "into three classes (background, polyp, polyp boundary)"
+    )
     return (
-        f"A U-Net{size} that segments colorectal polyps in colonoscopy images into three classes (background, "
-        "polyp, polyp boundary): the architecture of the model card "
+        f"A U-Net{size} that segments colorectal polyps in colonoscopy images {classes}: the architecture of the "
+        "model card "
         f"[{CARD_REPO}](https://huggingface.co/{CARD_REPO}), {origin}.\n"
     )
 
 
-def _intended_use() -> str:
+def _intended_use(binary: bool = False) -> str:
     return (
         "## Intended use and limitations\n\n"
         "**Research and education only. This model is not a medical device, has not been clinically "
@@ -427,8 +449,12 @@ def _intended_use() -> str:
         "other hospitals or other patient populations has not been measured here.\n"
         "- Images are resized to the training resolution (see below) before segmentation; very small polyps "
         "can be lost at that size.\n"
-        "- The boundary class is a convention of polypseg derived from the annotated masks, not an "
-        "annotation of its own.\n"
+        + (
+            ""
+            if binary
+            else "- The boundary class is a convention of polypseg derived from the annotated masks, not an "
+            "annotation of its own.\n"
+        )
     )
 
 
@@ -446,18 +472,32 @@ def _model_section(sources: _Sources) -> str:
             f"({architecture.get('head_kernel_size', 3)}x{architecture.get('head_kernel_size', 3)} conv + "
             f"BatchNorm + ReLU), 1x1 classifier; {parameters:,} parameters |"
         )
+    order = "[skip, upsampled]" if config.get("decoder_concat", "skip-up") == "skip-up" else "[upsampled, skip]"
+    assumed = " (assumed: no config.json records it)" if sources.concat_source == "assumed" else ""
+    rows.append(f"| decoder concatenation | `{config.get('decoder_concat', 'skip-up')}`: cat({order}){assumed} |")
     size = config.get("input_size", [256, 256])
     value_range = config.get("input_range", [0.0, 1.0])
     rows.append(
         f"| input | RGB, resized to {size[0]}x{size[1]}, values in [{value_range[0]}, {value_range[1]}], "
         "no normalisation |"
     )
-    rows.append(f"| output | {config.get('num_classes', 3)} logits per pixel; the argmax is the class map |")
+    if sources.binary:
+        threshold = config.get("threshold", 0.5)
+        rows.append(f"| output | 1 logit per pixel; polyp where its sigmoid is at least {threshold} |")
+    else:
+        rows.append(f"| output | {config.get('num_classes', 3)} logits per pixel; the argmax is the class map |")
     rows.append(f"| files | `{WEIGHTS_NAME}` (weights), `{CONFIG_NAME}` (architecture, classes, training) |")
     return "## Model\n\n| | |\n|---|---|\n" + "\n".join(rows) + "\n"
 
 
 def _classes_section(sources: _Sources) -> str:
+    if sources.binary:
+        return (
+            "## Classes\n\n"
+            "| class | name | meaning |\n|---|---|---|\n"
+            "| 0 | background | every pixel outside the annotated polyp |\n"
+            "| 1 | polyp | annotated polyp pixels (masks binarized at 128) |\n"
+        )
     width = sources.config.get("boundary_width_px", DEFAULT_BOUNDARY_WIDTH_PX)
     size = sources.config.get("input_size", [256, 256])
     return (
@@ -474,18 +514,27 @@ def _classes_section(sources: _Sources) -> str:
 
 def _usage_section(repo_id: str | None, sources: _Sources) -> str:
     reference = f"{HUB_PREFIX}{repo_id}" if repo_id else "path/to/weights"
+    config = sources.config
+    # A file whose config.json does not record the order needs it on every load.
+    order = config["decoder_concat"] if sources.concat_source in ("argument", "assumed") else None
+    flag = f" --decoder-concat {order}" if order else ""
+    argument = f', decoder_concat="{order}"' if order else ""
+    output = (
+        "(B, 1, H, W) logits; sigmoid >= 0.5 is polyp"
+        if sources.binary
+        else "(B, 3, H, W) logits; argmax(1) is the class map"
+    )
     text = (
         "## How to use\n\n"
         "With polypseg installed:\n\n"
         "```bash\n"
-        f"polypseg predict --weights {reference} images/ --out predictions/\n```\n\n"
+        f"polypseg predict --weights {reference}{flag} images/ --out predictions/\n```\n\n"
         "```python\nfrom polypseg import load_pretrained\n\n"
-        f'model = load_pretrained("{reference}")  # torch U-Net in eval mode\n'
-        "logits = model(images)  # (B, 3, H, W) in [0, 1] -> (B, 3, H, W) logits; argmax(1) is the class map\n```\n"
+        f'model = load_pretrained("{reference}"{argument})  # torch U-Net in eval mode\n'
+        f"logits = model(images)  # (B, 3, H, W) in [0, 1] -> {output}\n```\n"
     )
-    config = sources.config
     if config.get("format") == "polypseg" and "base_channels" in config:
-        arguments = ", ".join(f"{key}={config[key]}" for key in ARCHITECTURE_KEYS if key in config)
+        arguments = ", ".join(f"{key}={config[key]!r}" for key in ARCHITECTURE_KEYS if key in config)
         text += (
             "\nThe tensor names are those of `polypseg.UNet`, so the model card's plain snippet works too:\n\n"
             "```python\nfrom safetensors.torch import load_file\nfrom polypseg import UNet\n\n"
@@ -623,6 +672,7 @@ def push_to_hub(
     revision: str | None = None,
     token: str | None = None,
     commit_message: str | None = None,
+    decoder_concat: str | None = None,
 ) -> str:
     """Upload weights to a Hub model repository in one commit: weights, ``config.json``, model card.
 
@@ -639,6 +689,8 @@ def push_to_hub(
         revision: Branch to commit to (created from ``main`` if missing); default ``main``.
         token: Hub token with write access (default: ``HF_TOKEN`` or the saved login).
         commit_message: Default: "Upload polypseg U-Net weights".
+        decoder_concat: The decoder concatenation order for weights whose ``config.json`` does not say it
+            (the generated card states it and passes it in its usage examples).
 
     Returns:
         The URL of the commit.
@@ -648,11 +700,11 @@ def push_to_hub(
     folder = resolve_weights(weights)
     weights_path = folder / WEIGHTS_NAME if folder.is_dir() else folder
     config_path = weights_path.parent / CONFIG_NAME
-    load_pretrained(folder)
+    load_pretrained(folder, decoder_concat=decoder_concat)
     if card is not None:
         card_text = Path(card).read_text(encoding="utf-8")
     else:
-        card_text = model_card(folder, metrics_json, repo_id=repo_id)
+        card_text = model_card(folder, metrics_json, repo_id=repo_id, decoder_concat=decoder_concat)
     operations = [CommitOperationAdd(WEIGHTS_NAME, str(weights_path))]
     if config_path.exists():
         operations.append(CommitOperationAdd(CONFIG_NAME, str(config_path)))

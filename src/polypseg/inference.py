@@ -3,8 +3,10 @@
 :class:`Predictor` separates "load the trained model" from "predict these images". Each image is resized
 to the network's input size exactly as in training (antialiased bilinear), the logits are resized back to
 the image's own size (bilinear) and the class map is their argmax there, so masks follow the original
-resolution rather than a blocky upscaled 256x256 map. With ``tta=True`` the network's output is the flip
-test-time augmentation of :func:`polypseg.tta.flip_tta` (four network calls per batch).
+resolution rather than a blocky upscaled 256x256 map (for the binary variant, one channel: polyp where
+the sigmoid of the resized logit is at least ``threshold``; :func:`polypseg.classes.logits_to_classes`).
+With ``tta=True`` the network's output is the flip test-time augmentation of
+:func:`polypseg.tta.flip_tta` (four network calls per batch).
 
 :func:`predict_files` streams files through a predictor: decoding runs ahead in threads, batches go
 through the network, outputs are written atomically, and memory does not grow with the number of files.
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from polypseg.backends import Backend, TorchBackend
-from polypseg.classes import BOUNDARY, POLYP, classes_to_mask
+from polypseg.classes import BOUNDARY, DEFAULT_THRESHOLD, POLYP, classes_to_mask, logits_to_classes
 from polypseg.data import resize_image
 from polypseg.io import (
     IMAGE_SUFFIXES,
@@ -61,6 +63,7 @@ __all__ = [
     "print_result",
     "validate_batch_size",
     "validate_opacity",
+    "validate_threshold",
 ]
 
 #: Colours of the class-map PNG palette: background black, polyp green, boundary yellow.
@@ -78,6 +81,13 @@ def validate_batch_size(batch_size: object) -> int:
     return int(batch_size)
 
 
+def validate_threshold(threshold: object) -> float:
+    """``threshold`` if it is a number from 0 to 1, else a one-line ``ValueError``."""
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.number) or not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be a number from 0 to 1, got {threshold!r}")
+    return float(threshold)
+
+
 def validate_opacity(opacity: object) -> float:
     """``opacity`` if it is a number from 0 to 1, else a one-line ``ValueError``."""
     if isinstance(opacity, bool) or not isinstance(opacity, int | float | np.number) or not 0 <= opacity <= 1:
@@ -90,7 +100,7 @@ class Prediction:
     """Segmentation of one image at its own resolution.
 
     Attributes:
-        class_map: (H, W) uint8, 0 background, 1 polyp, 2 boundary.
+        class_map: (H, W) uint8, 0 background, 1 polyp, 2 boundary (binary models: 0 and 1 only).
         polyps: Connected polyp regions (8-connectivity) of at least the predictor's minimum area,
             largest first.
     """
@@ -146,6 +156,8 @@ class Predictor:
             (they stay in the mask). Default 0.1 %. From 0 to 1.
         tta: Flip test-time augmentation (:func:`polypseg.tta.flip_tta`): average the predictions of the
             image and its horizontal, vertical and double flips. Four times the inference time.
+        threshold: Binary models (one output channel): polyp where the sigmoid probability is at least
+            this, from 0 to 1. Not used by 3-class models (argmax).
 
     Example:
         >>> predictor = Predictor.from_pretrained()  # the bundled model
@@ -162,6 +174,7 @@ class Predictor:
         precision: str = "auto",
         min_polyp_fraction: float = 0.001,
         tta: bool = False,
+        threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         if (
             isinstance(min_polyp_fraction, bool)
@@ -169,6 +182,7 @@ class Predictor:
             or not 0 <= min_polyp_fraction <= 1
         ):
             raise ValueError(f"minimum polyp fraction must be a number from 0 to 1, got {min_polyp_fraction!r}")
+        self.threshold = validate_threshold(threshold)
         self.backend: Backend = TorchBackend(model, precision, device) if isinstance(model, UNet) else model
         self.image_size = image_size
         self.precision = self.backend.precision
@@ -182,6 +196,7 @@ class Predictor:
         backend: str = "torch",
         precision: str = "auto",
         tta: bool = False,
+        decoder_concat: str | None = None,
         images: int | None = None,
         **kwargs: object,
     ) -> Predictor:
@@ -193,14 +208,16 @@ class Predictor:
                 see :func:`polypseg.export.load_backend`, which exports once and caches the result).
             precision: ``"auto"``, ``"32"``, ``"bf16"`` or (OpenVINO) ``"int8"``.
             tta: Flip test-time augmentation (see the class), with any backend.
+            decoder_concat: The decoder's concatenation order, ``"skip-up"`` or ``"up-skip"``, for weights
+                whose ``config.json`` does not say it (see :func:`polypseg.load_pretrained`).
             images: For ``backend="auto"``: how many images are about to be segmented (``None``: unknown
                 or many), so that a first export is made only where it pays.
-            **kwargs: Passed to the constructor (``min_polyp_fraction``, ``device``).
+            **kwargs: Passed to the constructor (``min_polyp_fraction``, ``device``, ``threshold``).
         """
         from polypseg.export import load_backend
 
         size = read_model_config(weights).get("input_size", [256, 256])
-        loaded = load_backend(weights, backend, precision, images)
+        loaded = load_backend(weights, backend, precision, decoder_concat=decoder_concat, images=images)
         return cls(loaded, image_size=int(size[0]), tta=tta, **kwargs)  # type: ignore[arg-type]
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
@@ -210,13 +227,14 @@ class Predictor:
         size = (self.image_size, self.image_size)
         batch = np.stack([resize_image(image, size) for image in images])
         pixels = batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        # With TTA these are log-probabilities rather than logits: the argmax is taken the same way.
+        # With TTA these are log-probabilities (binary: the logit of the mean probability): the class map
+        # is taken the same way.
         logits = torch.from_numpy(flip_tta(self.backend, pixels) if self.tta else self.backend(pixels))
         predictions = []
         for image, image_logits in zip(images, logits, strict=True):
             height, width = image.shape[:2]
             full = F.interpolate(image_logits[None], size=(height, width), mode="bilinear", align_corners=False)
-            class_map = _argmax3(full[0]).numpy()
+            class_map = logits_to_classes(full[0], self.threshold).numpy()
             min_pixels = int(np.ceil(self.min_polyp_fraction * height * width))
             predictions.append(Prediction(class_map, find_polyps(classes_to_mask(class_map), min_pixels)))
         return predictions
@@ -224,18 +242,6 @@ class Predictor:
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one (H, W, 3) uint8 RGB image."""
         return self.predict_batch([image])[0]
-
-
-def _argmax3(logits: torch.Tensor) -> torch.Tensor:
-    """``logits.argmax(0)`` as uint8 for (3, H, W) logits, the first maximum winning ties as argmax does.
-
-    Element-wise comparisons instead of a reduction over the short, strided class dimension: about 30x
-    faster for full-resolution maps on CPU (argmax there took 85 ms of a 256x256-model image's 100 ms).
-    """
-    background, polyp, boundary = logits.unbind(0)
-    classes = (polyp > background).to(torch.uint8)
-    classes[boundary > torch.maximum(background, polyp)] = 2
-    return classes
 
 
 def _is_visible_image(path: Path, folder: Path) -> bool:

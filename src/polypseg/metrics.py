@@ -7,7 +7,8 @@ Conventions (also in the README):
   figure: the mean of the background, polyp and boundary Dice), are dataset-level.
 * **Per-image** ("mean") scores take the ratio per image, then the mean over images: the polyp
   literature's convention for the binary polyp Dice/IoU/precision/recall.
-* **Literature "mean Dice"** (PraNet protocol): the polyp probability map (softmax of polyp + boundary)
+* **Literature "mean Dice"** (PraNet protocol): the polyp probability map (softmax of polyp + boundary;
+  for the binary variant, one output channel, its sigmoid: :func:`polypseg.classes.polyp_probability`)
   of each image is min-max normalised and quantised to 256 levels, binarized at the 256 thresholds
   0, 1/255, ..., 1 (``p >= t``), the Dice of each threshold is averaged over images, then over thresholds
   (``polyp_mean_dice_pranet``; the best threshold's mean is ``polyp_max_dice_pranet``).
@@ -41,7 +42,7 @@ from scipy import ndimage
 from torchmetrics import Metric
 from torchmetrics.functional.classification import multiclass_stat_scores
 
-from polypseg.classes import CLASS_NAMES, classes_to_mask
+from polypseg.classes import CLASS_NAMES, DEFAULT_THRESHOLD, classes_to_mask, logits_to_classes, polyp_probability
 
 __all__ = [
     "LITERATURE_COLUMNS",
@@ -229,6 +230,8 @@ class SegmentationMetrics(Metric):
     (mean over images) and the same with a ``_dataset`` suffix (pooled over pixels), and ``images``.
     With ``literature=True`` and logits, also the ``lit_*`` measures of the published polyp tables
     (:data:`LITERATURE_COLUMNS`; tens of milliseconds per 256x256 image on a CPU, so off for validation).
+    Logits of the binary variant (one channel) go with ``class_names=BINARY_CLASS_NAMES``: the class map is
+    polyp where the sigmoid is at least ``threshold`` (:func:`polypseg.classes.logits_to_classes`).
 
     Example:
         >>> metric = SegmentationMetrics()
@@ -240,10 +243,17 @@ class SegmentationMetrics(Metric):
 
     full_state_update = False
 
-    def __init__(self, class_names: tuple[str, ...] = CLASS_NAMES, literature: bool = False, **kwargs: object) -> None:
+    def __init__(
+        self,
+        class_names: tuple[str, ...] = CLASS_NAMES,
+        literature: bool = False,
+        threshold: float = DEFAULT_THRESHOLD,
+        **kwargs: object,
+    ) -> None:
         super().__init__(**kwargs)
         self.class_names = tuple(class_names)
         self.literature = literature
+        self.threshold = threshold
         # Literature measures: summed (dice, iou, E-measure) curves, per-image (wfm, sm, mae), image count.
         self.add_state("lit_curves", default=torch.zeros(3, THRESHOLDS, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("lit_values", default=[], dist_reduce_fx="cat")
@@ -276,14 +286,14 @@ class SegmentationMetrics(Metric):
         """
         pranet, literature = None, {}
         if pred.dim() == 4:
-            polyp_probability = pred.float().softmax(dim=1)[:, 1:].sum(dim=1)
-            curves = threshold_dice_curves(polyp_probability, classes_to_mask(target))
+            probability = polyp_probability(pred)
+            curves = threshold_dice_curves(probability, classes_to_mask(target))
             self.curve_sum += curves.sum(0).to(self.curve_sum.device)
             self.curve_images += pred.shape[0]
             pranet = curves.mean(1)
             if self.literature:
-                literature = self._update_literature(polyp_probability, classes_to_mask(target))
-            pred = pred.argmax(dim=1)
+                literature = self._update_literature(probability, classes_to_mask(target))
+            pred = logits_to_classes(pred, self.threshold).long()
         self.counts += class_counts(pred, target, len(self.class_names))
         scores = binary_image_scores(classes_to_mask(pred), classes_to_mask(target))
         for name in ("dice", "iou", "precision", "recall"):

@@ -2,6 +2,11 @@
 
 Module names are part of the weights format (``model.safetensors``), so they are kept stable:
 ``encoder.{0..3}``, ``bottleneck``, ``upsample.{0..3}``, ``decoder.{0..3}``, ``head``, ``classifier``.
+
+The same network is the card's 3-class model (``num_classes=3``, softmax) and its binary sibling
+(``num_classes=1``, one logit per pixel, sigmoid). Each decoder block concatenates the encoder's skip
+tensor and the upsampled tensor; the order (``decoder_concat``) cannot be read from the weights, whose
+shapes are the same either way, so it is a constructor argument saved in ``config.json``.
 """
 
 from __future__ import annotations
@@ -9,10 +14,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DoubleConv", "UNet", "nearest_valid_size", "SIZE_MULTIPLE"]
+__all__ = ["DECODER_CONCATS", "DoubleConv", "UNet", "nearest_valid_size", "SIZE_MULTIPLE"]
 
 #: Height and width must be multiples of this (four 2x2 max-pools).
 SIZE_MULTIPLE = 16
+#: Orders of a decoder block's concatenation: ``[skip, upsampled]`` (polypseg's) or ``[upsampled, skip]``.
+DECODER_CONCATS = ("skip-up", "up-skip")
 
 
 class DoubleConv(nn.Sequential):
@@ -51,10 +58,13 @@ class UNet(nn.Module):
 
     Args:
         in_channels: Input channels (3 for RGB in [0, 1]).
-        num_classes: Output logit channels (3: background, polyp, polyp boundary).
+        num_classes: Output logit channels: 3 (background, polyp, polyp boundary; softmax) or 1 (the
+            binary variant: one polyp logit, sigmoid).
         base_channels: Width of the first encoder stage; the stages are 1x, 2x, 4x, 8x and the
             bottleneck 16x this. 64 is the card's model (31.0 M parameters); 16 and 32 are the small variants.
         head_kernel_size: Kernel size of the reduction head's convolution (base -> base/2 channels).
+        decoder_concat: ``"skip-up"`` (``cat([skip, upsampled])``, polypseg's order) or ``"up-skip"``
+            (``cat([upsampled, skip])``), for checkpoints written by code that concatenates that way.
 
     Example:
         >>> model = UNet(in_channels=3, num_classes=3, base_channels=8)
@@ -68,16 +78,20 @@ class UNet(nn.Module):
         num_classes: int = 3,
         base_channels: int = 64,
         head_kernel_size: int = 3,
+        decoder_concat: str = "skip-up",
     ) -> None:
         super().__init__()
         if base_channels < 2 or base_channels % 2:
             raise ValueError(f"base_channels must be an even number >= 2, got {base_channels}")
         if head_kernel_size % 2 != 1:
             raise ValueError(f"head_kernel_size must be odd, got {head_kernel_size}")
+        if decoder_concat not in DECODER_CONCATS:
+            raise ValueError(f"decoder_concat must be one of {', '.join(DECODER_CONCATS)}, got {decoder_concat!r}")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.base_channels = base_channels
         self.head_kernel_size = head_kernel_size
+        self.decoder_concat = decoder_concat
 
         widths = [base_channels * 2**i for i in range(4)]
         self.pool = nn.MaxPool2d(2)
@@ -107,13 +121,14 @@ class UNet(nn.Module):
         self.classifier = nn.Conv2d(reduced, num_classes, kernel_size=1)
 
     @property
-    def config(self) -> dict[str, int]:
+    def config(self) -> dict[str, int | str]:
         """The constructor arguments that rebuild this architecture."""
         return {
             "in_channels": self.in_channels,
             "num_classes": self.num_classes,
             "base_channels": self.base_channels,
             "head_kernel_size": self.head_kernel_size,
+            "decoder_concat": self.decoder_concat,
         }
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -136,6 +151,8 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
+        skip_first = self.decoder_concat == "skip-up"
         for upsample, block, skip in zip(self.upsample, self.decoder, reversed(skips), strict=True):
-            x = block(torch.cat([skip, upsample(x)], dim=1))
+            up = upsample(x)
+            x = block(torch.cat([skip, up] if skip_first else [up, skip], dim=1))
         return self.classifier(self.head(x))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from polypseg.classes import mask_to_classes
+from polypseg.classes import DEFAULT_THRESHOLD, logits_to_classes, mask_to_classes
 from polypseg.data import find_pairs, load_pairs
 from polypseg.inference import CLASS_PALETTE
 from polypseg.io import atomic_save
@@ -108,6 +108,8 @@ def plot_worst_cases(
     out_png: str | Path,
     scores: dict[str, float] | None = None,
     tta: bool = False,
+    decoder_concat: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> Path:
     """Image, ground truth and prediction (class maps) of ``names``, one row each, at the evaluation resolution.
 
@@ -121,18 +123,21 @@ def plot_worst_cases(
         out_png: Output file.
         scores: Polyp Dice per name, shown in the row titles.
         tta: Predict with flip test-time augmentation, as ``polypseg evaluate --tta`` did.
+        decoder_concat: The decoder concatenation order (see :func:`polypseg.load_pretrained`).
+        threshold: Binary weights: polyp where the sigmoid probability is at least this.
     """
     config = read_model_config(weights)
     image_size = int(config.get("input_size", [256, 256])[0])
     boundary = int(config.get("boundary_width_px", 3))
     by_name = {sample.name: sample for sample in find_pairs(data_dir)}
     pairs = load_pairs([by_name[name] for name in names], image_size)
-    model = load_pretrained(weights).eval()
+    model = load_pretrained(weights, decoder_concat=decoder_concat).eval()
     with torch.inference_mode():
         images = pairs.images.float() / 255.0
         logits = flip_tta(model, images) if tta else model(images)
-        predicted = logits.argmax(1).to(torch.uint8).numpy()
-    truth = mask_to_classes(pairs.masks.bool(), boundary).numpy()
+        predicted = logits_to_classes(logits, threshold).numpy()
+    # Binary weights predict background and polyp only: their truth has no boundary class either.
+    truth = mask_to_classes(pairs.masks.bool(), boundary if model.num_classes != 1 else 0).numpy()
     figure = _figure(9.0, 3.0 * len(names) + 0.3)
     grid = figure.subplots(len(names), 3, squeeze=False)
     for row, name in enumerate(names):
@@ -163,7 +168,7 @@ def write_evaluation_figures(
     histogram, cases = (Path(out_dir) / name for name in EVALUATION_FIGURES)
     return [
         plot_dice_histogram(rows, histogram),
-        plot_worst_cases(weights, data_dir, worst, cases, scores, report.tta),
+        plot_worst_cases(weights, data_dir, worst, cases, scores, report.tta, report.decoder_concat, report.threshold),
     ]
 
 

@@ -49,7 +49,7 @@ from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, RandomSampler
 
-from polypseg.classes import CLASS_NAMES, NUM_CLASSES, classes_to_mask, mask_to_classes
+from polypseg.classes import CLASS_NAMES, class_names_for, classes_to_mask, logits_to_classes, mask_to_classes
 from polypseg.config import TrainConfig, save_config
 from polypseg.data import (
     CachedPairs,
@@ -69,7 +69,7 @@ from polypseg.io import (
     recover_folder,
     remove_stale_temporaries,
 )
-from polypseg.losses import CombinedLoss, soft_dice_per_class
+from polypseg.losses import CombinedLoss, soft_dice
 from polypseg.metrics import SegmentationMetrics, class_counts, ratio
 from polypseg.model import UNet
 from polypseg.tta import flip_tta
@@ -237,7 +237,15 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters({"config": config})
         self.config = TrainConfig.from_dict(config)
-        self.model = UNet(3, NUM_CLASSES, self.config.base_channels, self.config.head_kernel_size)
+        self.model = UNet(
+            3,
+            self.config.out_channels,
+            self.config.base_channels,
+            self.config.head_kernel_size,
+            self.config.decoder_concat,
+        )
+        #: The class map's classes: background, polyp, boundary; or background, polyp for the binary task.
+        self.class_names = class_names_for(self.config.out_channels)
         self.loss = CombinedLoss(self.config.ce_weight, self.config.dice_weight)
         self.augmentation = build_augmentation(self.config.augment)
         #: EMA of the weights (PyTorch's AveragedModel, buffers included); validation and best/ use it.
@@ -248,8 +256,8 @@ class SegmentationModule(L.LightningModule):
             if self.config.ema_decay
             else None
         )
-        self.val_metrics = SegmentationMetrics()
-        self.test_metrics = SegmentationMetrics(literature=True)
+        self.val_metrics = SegmentationMetrics(self.class_names, threshold=self.config.threshold)
+        self.test_metrics = SegmentationMetrics(self.class_names, literature=True, threshold=self.config.threshold)
         self.test_rows: list[dict[str, Any]] = []
         self.test_names: list[str] = []
         #: Test with flip test-time augmentation: loss and every metric use the averaged prediction.
@@ -269,7 +277,7 @@ class SegmentationModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 3, H, W) of images (B, 3, H, W) in [0, 1]."""
+        """Logits (B, C, H, W) of images (B, 3, H, W) in [0, 1] (C: 3, or 1 for the binary task)."""
         return self.model(images)
 
     @property
@@ -332,8 +340,10 @@ class SegmentationModule(L.LightningModule):
             images, augmented = self.augmentation(images, masks[:, None].float())
             images, masks = images.clamp(0.0, 1.0), augmented[:, 0] > 0.5
         # The classes are made at the cache's resolution (where boundary_width_px is defined), then cropped
-        # and resized with the images, so a smaller training size keeps the same boundary.
-        targets = mask_to_classes(masks, self.config.boundary_width_px)
+        # and resized with the images, so a smaller training size keeps the same boundary. The binary task
+        # has no boundary class: its targets are the mask (0 background, 1 polyp).
+        boundary = self.config.boundary_width_px if self.config.task == "multiclass" else 0
+        targets = mask_to_classes(masks, boundary)
         if training:
             images, targets = self._crop_and_resize(images, targets)
         if self.config.channels_last:
@@ -361,7 +371,7 @@ class SegmentationModule(L.LightningModule):
         images, targets, _ = batch
         logits = self._compiled(images) if self._compiled is not None else self(images)
         loss = self.loss(logits, targets)
-        dice = soft_dice_per_class(logits.detach(), targets).mean()
+        dice = soft_dice(logits.detach(), targets)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
         self.log("dice", dice, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(images))
         return loss
@@ -372,7 +382,7 @@ class SegmentationModule(L.LightningModule):
         self.log(
             "val_loss", self.loss(logits, targets), prog_bar=True, on_epoch=True, batch_size=len(images), sync_dist=True
         )
-        self.val_metrics.update(logits.argmax(1), targets)
+        self.val_metrics.update(logits_to_classes(logits, self.config.threshold).long(), targets)
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
@@ -380,7 +390,7 @@ class SegmentationModule(L.LightningModule):
         # torchmetrics has already gathered every rank's counts; sync_dist only keeps Lightning informed.
         self.log("val_dice", scores["mean_dice"], prog_bar=True, sync_dist=True)
         self.log("val_polyp_dice", scores["polyp_dice"], prog_bar=True, sync_dist=True)
-        for name in CLASS_NAMES:
+        for name in self.class_names:
             self.log(f"val_dice_{name}", scores[f"dice_{name}"], sync_dist=True)
 
     def on_validation_end(self) -> None:
@@ -415,9 +425,9 @@ class SegmentationModule(L.LightningModule):
         boxes = [self.test_truth_boxes.get(i, []) for i in index.tolist()] if self.test_truth_boxes else None
         self.test_metrics.update(logits, targets, truth_boxes=boxes)
         scores = self.test_metrics.last_image_scores
-        pred = logits.argmax(1)
+        pred = logits_to_classes(logits, self.config.threshold).long()
         for row, i in enumerate(index.tolist()):
-            counts = class_counts(pred[row], targets[row], NUM_CLASSES)
+            counts = class_counts(pred[row], targets[row], len(self.class_names))
             tp, fp, fn = counts.unbind(1)
             class_dice = ratio(2 * tp, 2 * tp + fp + fn, (fp == 0) & (fn == 0))
             self.test_rows.append(
@@ -425,7 +435,7 @@ class SegmentationModule(L.LightningModule):
                     "name": self.test_names[i] if i < len(self.test_names) else str(i),
                     **{f"polyp_{k}": float(scores[k][row]) for k in ("dice", "iou", "precision", "recall")},
                     "polyp_mean_dice_pranet": float(scores["mean_dice_pranet"][row]),
-                    **{f"dice_{n}": float(class_dice[c]) for c, n in enumerate(CLASS_NAMES)},
+                    **{f"dice_{n}": float(class_dice[c]) for c, n in enumerate(self.class_names)},
                     "polyp_pixels_true": int(classes_to_mask(targets[row]).sum()),
                     "polyp_pixels_pred": int(classes_to_mask(pred[row]).sum()),
                     **{k: int(scores[k][row]) for k in ("polyps_true", "polyps_detected", "polyps_matched")},
@@ -726,6 +736,7 @@ def train(
     pairs = load_pairs([s for s in samples if s.name in wanted], config.image_size)
 
     metadata = {
+        **({"threshold": config.threshold} if config.task == "binary" else {}),
         "boundary_width_px": config.boundary_width_px,
         "input_size": [config.image_size, config.image_size],
         "training": {
@@ -777,7 +788,9 @@ def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig, last: Path
             "restore this run's own last.ckpt or start a new run"
         )
     changed = [
-        key for key in ("base_channels", "head_kernel_size") if key in stored and stored[key] != getattr(config, key)
+        key
+        for key in ("base_channels", "head_kernel_size", "task", "decoder_concat")
+        if key in stored and stored[key] != getattr(config, key)
     ]
     if changed:
         key = changed[0]
@@ -797,11 +810,11 @@ def _init_from_weights(module: SegmentationModule, weights: str) -> None:
     from polypseg.weights import WeightsError, load_pretrained
 
     source = load_pretrained(None if weights == "bundled" else weights)
-    if (source.base_channels, source.head_kernel_size) != (module.model.base_channels, module.model.head_kernel_size):
-        raise WeightsError(
-            f"{weights}: init_weights has base_channels={source.base_channels}, head_kernel_size="
-            f"{source.head_kernel_size}; the run needs {module.model.base_channels}, {module.model.head_kernel_size}"
-        )
+    keys = ("base_channels", "head_kernel_size", "num_classes", "decoder_concat")
+    if [source.config[key] for key in keys] != [module.model.config[key] for key in keys]:
+        have = ", ".join(f"{key}={source.config[key]}" for key in keys)
+        need = ", ".join(f"{key}={module.model.config[key]}" for key in keys)
+        raise WeightsError(f"{weights}: init_weights has {have}; the run needs {need}")
     module.model.load_state_dict(source.state_dict())
     module._channels_last()
 
@@ -823,6 +836,7 @@ def evaluate(
     accelerator: str = "auto",
     truth_boxes: dict[str, list[tuple[int, int, int, int]]] | None = None,
     tta: bool = False,
+    threshold: float = 0.5,
 ) -> EvaluationResult:
     """Score ``model`` on cached pairs with the training loop's test step (loss and every metric).
 
@@ -841,10 +855,14 @@ def evaluate(
         tta: Flip test-time augmentation (:func:`polypseg.tta.flip_tta`): the loss and every metric,
             the PraNet-protocol probability maps included, use the average of the four flips'
             probabilities. Four times the inference time.
+        threshold: Binary models: polyp where the sigmoid probability is at least this.
     """
     config = TrainConfig(
         base_channels=model.base_channels,
         head_kernel_size=model.head_kernel_size,
+        num_classes=model.num_classes,
+        decoder_concat=model.decoder_concat,
+        threshold=threshold,
         batch_size=batch_size,
         boundary_width_px=boundary_width_px,
         precision=precision,

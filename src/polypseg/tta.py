@@ -4,7 +4,9 @@
 Runtime or OpenVINO backend) on a batch and on its three flipped copies, flips each output back, and
 averages the four softmax probability maps. It returns the log of that mean, so that ``argmax`` and
 ``softmax`` of the result are the augmented prediction and cross-entropy on it is the loss of the
-averaged probabilities. It costs four network calls per batch.
+averaged probabilities. For the binary variant (one output channel) it averages the four sigmoid
+probabilities and returns the logit of the mean, so that ``sigmoid`` of the result is the averaged
+probability. It costs four network calls per batch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 __all__ = ["FLIPS", "flip_tta"]
 
@@ -47,9 +50,11 @@ def flip_tta(logits_fn: Callable[[ArrayT], ArrayT], images: ArrayT) -> ArrayT:
         images: The batch, a torch tensor or a numpy array (whatever ``logits_fn`` takes).
 
     Returns:
-        Log-probabilities (B, C, H, W), float32, of the same type (numpy or torch) and device as
-        ``images``: ``argmax`` over C is the augmented class map, ``softmax`` gives back the averaged
-        probabilities, and ``F.cross_entropy`` on it is the loss of the averaged prediction.
+        Float32, of the same type (numpy or torch) and device as ``images``. For one output channel (the
+        binary variant), the logit of the mean sigmoid probability (``log(p) - log(1 - p)``, computed
+        stably). Otherwise log-probabilities (B, C, H, W): ``argmax`` over C is the augmented class map,
+        ``softmax`` gives back the averaged probabilities, and ``F.cross_entropy`` on it is the loss of the
+        averaged prediction.
 
     Example:
         >>> from polypseg.model import UNet
@@ -60,10 +65,16 @@ def flip_tta(logits_fn: Callable[[ArrayT], ArrayT], images: ArrayT) -> ArrayT:
         (torch.Size([2, 3, 32, 32]), True)
     """
     is_numpy = isinstance(images, np.ndarray)
-    log_probs = []
+    outputs = []
     for dims in FLIPS:
         logits = logits_fn(_flip(images, dims))
         tensor = torch.from_numpy(np.asarray(logits)) if is_numpy else logits
-        log_probs.append(_flip(tensor.float(), dims).log_softmax(dim=1))
-    result = torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(FLIPS))
+        outputs.append(_flip(tensor.float(), dims))
+    stacked = torch.stack(outputs)
+    if stacked.shape[2] == 1:  # binary: log of the mean of p and of 1 - p, then their difference
+        log_p = torch.logsumexp(F.logsigmoid(stacked), dim=0)
+        log_not_p = torch.logsumexp(F.logsigmoid(-stacked), dim=0)
+        result = log_p - log_not_p
+    else:
+        result = torch.logsumexp(stacked.log_softmax(dim=2), dim=0) - math.log(len(FLIPS))
     return result.numpy() if is_numpy else result  # type: ignore[return-value]

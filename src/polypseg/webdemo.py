@@ -711,6 +711,8 @@ def serve(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     tta: bool = False,
+    decoder_concat: str | None = None,
+    threshold: float = 0.5,
 ) -> "gr.Blocks":
     """Load the model once and serve the page on ``http://host:port``.
 
@@ -724,6 +726,8 @@ def serve(
         max_upload_mb: Largest upload per file, in MB (2**20 bytes); Gradio refuses larger ones.
         max_megapixels: Largest image segmented, in millions of pixels (the CLI's 100 caps it too).
         queue_size: Requests that may wait for the network.
+        decoder_concat: The decoder concatenation order (see :func:`polypseg.load_pretrained`).
+        threshold: Binary weights: polyp where the sigmoid probability is at least this.
         tta: Default of the page's flip-TTA control.
 
     Returns:
@@ -742,7 +746,9 @@ def serve(
     warning = host_warning(host)
     if warning is not None:
         print(warning, file=sys.stderr)
-    predictor = Predictor.from_pretrained(weights, precision=precision)
+    predictor = Predictor.from_pretrained(
+        weights, precision=precision, decoder_concat=decoder_concat, threshold=threshold
+    )
     demo = build_demo(predictor, max_megapixels=max_megapixels, queue_size=queue_size, tta=tta)
     demo.launch(
         server_name=host,

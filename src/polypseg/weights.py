@@ -5,11 +5,21 @@
   ``.safetensors`` file, from the bundled model (no argument), or from a checkpoint of the same
   architecture written by someone else with other tensor names (matched by structure, see
   :func:`map_foreign_state_dict`). Only safetensors are read: nothing is ever unpickled.
+* :func:`inspect_weights` says what was read off a file: task, width, classes, head kernel, biases, and
+  the decoder's concatenation order.
+
+Either member of the card's family loads: the 3-class model and its binary sibling (one output channel).
+What the tensors cannot tell is the decoder's concatenation order (``[skip, upsampled]`` or
+``[upsampled, skip]``: the shapes are the same). polypseg's own ``config.json`` records it
+(``decoder_concat``); for a file without one, ``skip-up`` is assumed and one line on stderr (logger
+``polypseg.weights``, level WARNING) says so and how to choose the other (``decoder_concat="up-skip"``,
+``--decoder-concat up-skip``); ``polypseg inspect WEIGHTS --data DIR`` scores both orders on labelled images.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,16 +31,18 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from polypseg.classes import CLASS_NAMES, DEFAULT_BOUNDARY_WIDTH_PX
+from polypseg.classes import DEFAULT_BOUNDARY_WIDTH_PX, TASKS, class_names_for, task_of
 from polypseg.io import atomic_save, atomic_write_text
-from polypseg.model import UNet
+from polypseg.model import DECODER_CONCATS, UNet
 
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "WeightsError",
+    "WeightsInfo",
     "bundled_examples_dir",
     "bundled_weights_dir",
+    "inspect_weights",
     "load_pretrained",
     "map_foreign_state_dict",
     "read_model_config",
@@ -40,7 +52,8 @@ __all__ = [
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-ARCHITECTURE_KEYS = ("in_channels", "num_classes", "base_channels", "head_kernel_size")
+ARCHITECTURE_KEYS = ("in_channels", "num_classes", "base_channels", "head_kernel_size", "decoder_concat")
+logger = logging.getLogger(__name__)
 #: Bounds of the integers of ``config.json`` (inclusive); ``input_size`` sides are at most :data:`MAX_INPUT_SIZE`.
 CONFIG_BOUNDS = {
     "in_channels": (1, 64),
@@ -92,7 +105,8 @@ def save_pretrained(
     config: dict[str, Any] = {
         "architecture": "UNet",
         **model.config,
-        "class_names": list(CLASS_NAMES),
+        "task": task_of(model.num_classes),
+        "class_names": list(class_names_for(model.num_classes)),
         "boundary_width_px": DEFAULT_BOUNDARY_WIDTH_PX,
         "input_size": [256, 256],
         "input_range": [0.0, 1.0],
@@ -153,6 +167,9 @@ def read_model_config(path: str | Path | None = None) -> dict[str, Any]:
         raise WeightsError(f"{config_path}: 'base_channels' must be even, got {config['base_channels']!r}")
     if config.get("head_kernel_size", 1) % 2 != 1:
         raise WeightsError(f"{config_path}: 'head_kernel_size' must be odd, got {config['head_kernel_size']!r}")
+    for key, allowed in (("decoder_concat", DECODER_CONCATS), ("task", TASKS)):
+        if key in config and config[key] not in allowed:
+            raise WeightsError(f"{config_path}: '{key}' must be one of {', '.join(allowed)}, got {config[key]!r}")
     size = config.get("input_size", [16, 16])
     if not (
         isinstance(size, list) and len(size) == 2 and all(is_int(v, 16, MAX_INPUT_SIZE) and v % 16 == 0 for v in size)
@@ -186,7 +203,41 @@ def _check_shapes(
         raise WeightsError(f"{weights_path}: tensor '{extra[0]}' does not belong to the model")
 
 
-def load_pretrained(path: str | Path | None = None, map_location: str | torch.device = "cpu") -> UNet:
+@dataclass
+class WeightsInfo:
+    """What was read off a weights file (:func:`inspect_weights`).
+
+    Attributes:
+        path: The ``.safetensors`` file.
+        layout: ``"polypseg"`` (our tensor names with a ``config.json``) or ``"foreign"`` (mapped by structure).
+        architecture: The :class:`~polypseg.model.UNet` arguments, ``decoder_concat`` included.
+        concat_source: Where ``decoder_concat`` came from: ``"argument"``, ``"config.json"``, ``"default"``
+            (a polypseg ``config.json`` older than the setting: always ``skip-up``) or ``"assumed"`` (no
+            ``config.json`` says it; the tensors cannot).
+        folded_biases: Convolution biases of the file followed by a BatchNorm, folded into its running mean.
+        kept_biases: Biases of the file used as they are (upsamplers, classifier).
+        zero_biases: Our bias tensors the file lacks, set to zero.
+    """
+
+    path: Path
+    layout: str
+    architecture: dict[str, Any]
+    concat_source: str
+    folded_biases: list[str]
+    kept_biases: list[str]
+    zero_biases: list[str]
+
+    @property
+    def task(self) -> str:
+        """``"binary"`` (one output channel) or ``"multiclass"``."""
+        return task_of(int(self.architecture["num_classes"]))
+
+
+def load_pretrained(
+    path: str | Path | None = None,
+    map_location: str | torch.device = "cpu",
+    decoder_concat: str | None = None,
+) -> UNet:
     """Rebuild a U-Net with its weights, in eval mode.
 
     Args:
@@ -194,6 +245,10 @@ def load_pretrained(path: str | Path | None = None, map_location: str | torch.de
             training run folder (its ``best/``), ``hf://OWNER/REPO[@REVISION]`` on the Hugging Face Hub,
             or ``None`` for the bundled model.
         map_location: Device to load onto.
+        decoder_concat: The decoder's concatenation order, ``"skip-up"`` (``cat([skip, upsampled])``) or
+            ``"up-skip"``; ``None``: the one ``config.json`` records, else ``"skip-up"``, and a file without
+            a ``config.json`` that says it gets one line on stderr (logger ``polypseg.weights``) naming the
+            order assumed and how to choose the other.
 
     Raises:
         WeightsError: The file is missing, is not safetensors, or its tensors do not fit a U-Net.
@@ -203,6 +258,38 @@ def load_pretrained(path: str | Path | None = None, map_location: str | torch.de
         >>> model.num_classes
         3
     """
+    model, info = _load(path, map_location, decoder_concat)
+    if info.concat_source == "assumed" and str(info.path) not in _ASSUMED_NOTICES:
+        _ASSUMED_NOTICES.add(str(info.path))
+        logger.warning(
+            "%s: no config.json says the decoder's concatenation order; assuming skip-up (cat([skip, upsampled])). "
+            "If the checkpoint's code concatenates [upsampled, skip], pass --decoder-concat up-skip "
+            '(Python: decoder_concat="up-skip"); `polypseg inspect WEIGHTS --data DIR` tells which fits',
+            info.path,
+        )
+    return model
+
+
+#: Files whose assumed concatenation order has been reported in this process (one line per file).
+_ASSUMED_NOTICES: set[str] = set()
+
+
+def inspect_weights(path: str | Path | None = None, decoder_concat: str | None = None) -> WeightsInfo:
+    """Load weights (as :func:`load_pretrained` does) and say what was read off them.
+
+    Example:
+        >>> info = inspect_weights()  # the bundled model
+        >>> info.task, info.architecture["decoder_concat"], info.layout
+        ('multiclass', 'skip-up', 'polypseg')
+    """
+    return _load(path, "cpu", decoder_concat)[1]
+
+
+def _load(
+    path: str | Path | None, map_location: str | torch.device, decoder_concat: str | None
+) -> tuple[UNet, WeightsInfo]:
+    if decoder_concat is not None and decoder_concat not in DECODER_CONCATS:
+        raise ValueError(f"decoder_concat must be one of {', '.join(DECODER_CONCATS)}, got {decoder_concat!r}")
     path = resolve_weights(path)
     weights_path = path / WEIGHTS_NAME if path.is_dir() else path
     if not weights_path.exists():
@@ -213,7 +300,7 @@ def load_pretrained(path: str | Path | None = None, map_location: str | torch.de
     except (SafetensorError, OSError, ValueError) as error:
         raise WeightsError(f"{weights_path}: not a readable safetensors file ({error})") from None
     config = read_model_config(path)
-    architecture = {key: config[key] for key in ARCHITECTURE_KEYS if key in config}
+    architecture = {key: config[key] for key in ARCHITECTURE_KEYS if key in config and key != "decoder_concat"}
     native = bool(architecture) and _is_native(shapes)
     if native:
         config_name = weights_path.parent / CONFIG_NAME
@@ -222,15 +309,39 @@ def load_pretrained(path: str | Path | None = None, map_location: str | torch.de
         tensors = load_file(str(weights_path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as error:
         raise WeightsError(f"{weights_path}: not a readable safetensors file ({error})") from None
-    if not native:
-        architecture, tensors = map_foreign_state_dict(tensors, source=weights_path)
+    notes: dict[str, list[str]] = {"folded": [], "kept": [], "zero": []}
+    if native:
+        notes["kept"] = sorted(key for key in tensors if key.endswith(".bias") and not _is_batchnorm(key, tensors))
+    else:
+        architecture, tensors, notes = _map_foreign(tensors, source=weights_path)
         _check_shapes(
             {key: tuple(value.shape) for key, value in tensors.items()}, _expected_shapes(architecture), weights_path
         )
+    if decoder_concat is not None:
+        source = "argument"
+    elif "decoder_concat" in config:
+        source, decoder_concat = "config.json", config["decoder_concat"]
+    else:
+        source = "default" if config.get("format") == "polypseg" else "assumed"
+        decoder_concat = "skip-up"
+    architecture["decoder_concat"] = decoder_concat
     model = UNet(**architecture)
     expected = model.state_dict()
     model.load_state_dict({key: value.to(expected[key].dtype) for key, value in tensors.items()})
-    return model.to(map_location).eval()
+    info = WeightsInfo(
+        weights_path,
+        "polypseg" if native else "foreign",
+        model.config,
+        source,
+        notes["folded"],
+        notes["kept"],
+        notes["zero"],
+    )
+    return model.to(map_location).eval(), info
+
+
+def _is_batchnorm(bias_name: str, tensors: dict[str, Any]) -> bool:
+    return f"{bias_name.rpartition('.')[0]}.running_mean" in tensors
 
 
 def _is_native(tensors: dict[str, Any]) -> bool:
@@ -289,8 +400,10 @@ def map_foreign_state_dict(
     followed by BatchNorm is folded into the BatchNorm's running mean, which gives exactly the same
     outputs; a missing upsampler or classifier bias is zero.
 
-    Shapes cannot tell the order of the decoder's concatenation; like the card, we assume
-    ``cat([skip, upsampled])``.
+    The classifier may have any number of output channels: three for the card's model, one for its
+    binary sibling. Shapes cannot tell the order of the decoder's concatenation: the architecture returned
+    has none, and :func:`load_pretrained` takes it from its ``decoder_concat`` argument (default
+    ``cat([skip, upsampled])``).
 
     Returns:
         The architecture arguments and a state dict with our names.
@@ -298,6 +411,15 @@ def map_foreign_state_dict(
     Raises:
         WeightsError: Naming the first tensor (by the file's name) that does not fit.
     """
+    architecture, state, _ = _map_foreign(tensors, source)
+    return architecture, state
+
+
+def _map_foreign(
+    tensors: dict[str, torch.Tensor], source: str | Path
+) -> tuple[dict[str, int], dict[str, torch.Tensor], dict[str, list[str]]]:
+    """:func:`map_foreign_state_dict`, and which biases were folded, kept or set to zero (``notes``)."""
+    notes: dict[str, list[str]] = {"folded": [], "kept": [], "zero": []}
     modules: dict[str, _Module] = {}
     for name in sorted(tensors, key=_natural_key):
         prefix, leaf = _split_name(name)
@@ -331,15 +453,15 @@ def map_foreign_state_dict(
                 conv_name, bn_name = "head.0", "head.1"
             else:
                 conv_name, bn_name = f"{role}.{3 * index}", f"{role}.{3 * index + 1}"
-            _put_conv_bn(state, origin, conv, bn, conv_name, bn_name, source)
+            _put_conv_bn(state, origin, conv, bn, conv_name, bn_name, source, notes)
 
     upsamplers.sort(key=lambda m: -_conv_io(m)[1])  # a transposed conv's weight is (in, out, 2, 2)
     if len(upsamplers) != 4:
         name = upsamplers[4].first_name() if len(upsamplers) > 4 else "(none)"
         raise WeightsError(f"{source}: expected 4 transposed-conv upsamplers, found {len(upsamplers)} ({name})")
     for j, module in enumerate(upsamplers):
-        _put_with_bias(state, origin, module, f"upsample.{j}", out_axis=1)
-    _put_with_bias(state, origin, classifier, "classifier", out_axis=0)
+        _put_with_bias(state, origin, module, f"upsample.{j}", out_axis=1, notes=notes)
+    _put_with_bias(state, origin, classifier, "classifier", out_axis=0, notes=notes)
     architecture["num_classes"] = _conv_io(classifier)[1]
 
     expected = _expected_shapes(architecture)
@@ -349,7 +471,7 @@ def map_foreign_state_dict(
                 f"{source}: tensor '{origin[key]}' has shape {tuple(state[key].shape)}, but at its place "
                 f"({key}) a U-Net of width {architecture['base_channels']} needs {shape}"
             )
-    return architecture, state
+    return architecture, state, notes
 
 
 def _kernel(module: _Module) -> int:
@@ -415,11 +537,20 @@ def _infer_roles(
 
 
 def _put_with_bias(
-    state: dict[str, torch.Tensor], origin: dict[str, str], module: _Module, name: str, out_axis: int
+    state: dict[str, torch.Tensor],
+    origin: dict[str, str],
+    module: _Module,
+    name: str,
+    out_axis: int,
+    notes: dict[str, list[str]],
 ) -> None:
     weight = module.get("weight")
     assert weight is not None
     bias = module.get("bias")
+    if bias is not None:
+        notes["kept"].append(module.tensors["bias"][0])
+    else:
+        notes["zero"].append(f"{name}.bias")
     state[f"{name}.weight"] = weight
     state[f"{name}.bias"] = bias if bias is not None else torch.zeros(weight.shape[out_axis], dtype=weight.dtype)
     origin[f"{name}.weight"] = origin[f"{name}.bias"] = module.tensors["weight"][0]
@@ -433,6 +564,7 @@ def _put_conv_bn(
     conv_name: str,
     bn_name: str,
     source: str | Path,
+    notes: dict[str, list[str]],
 ) -> None:
     weight = conv.get("weight")
     assert weight is not None
@@ -446,6 +578,7 @@ def _put_conv_bn(
     if conv_bias is not None:
         # BN(x + b) with mean m equals BN(x) with mean m - b, in training and in eval mode.
         running_mean = running_mean - conv_bias.to(running_mean.dtype)  # type: ignore[operator]
+        notes["folded"].append(conv.tensors["bias"][0])
     origin[f"{conv_name}.weight"] = conv.tensors["weight"][0]
     for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
         origin[f"{bn_name}.{leaf}"] = f"{bn.prefix}.{leaf}"
