@@ -23,6 +23,7 @@ from polypseg.model import UNet
 from polypseg.training import train
 from polypseg.tta import flip_tta
 from polypseg.weights import inspect_weights, load_pretrained, read_model_config, save_pretrained
+from test_training import tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATASET_DIR = REPO_ROOT.parent / "shared" / "datasets" / "kvasir-seg"
@@ -107,22 +108,7 @@ def binary_run(tmp_path_factory) -> Path:
     """A width-4 binary U-Net trained for a few steps on 12 real Kvasir-SEG images at 64x64."""
     if not (REAL_DATASET_DIR / "images").is_dir():
         pytest.skip(f"real Kvasir-SEG not found at {REAL_DATASET_DIR}")
-    config = TrainConfig(
-        task="binary",
-        base_channels=4,
-        image_size=64,
-        split_sizes=[8, 2, 2],
-        max_images=12,
-        batch_size=4,
-        epochs=2,
-        lr=3e-3,
-        scheduler="cosine",
-        precision="32",
-        accelerator="cpu",
-        devices=1,
-        log_every_n_steps=1,
-        monitor="val_polyp_dice",
-    )
+    config = tiny_config(task="binary", max_images=12, monitor="val_polyp_dice")
     run = tmp_path_factory.mktemp("binary") / "run"
     train(config, REAL_DATASET_DIR, run)
     return run
