@@ -109,6 +109,15 @@ def test_log_tail_keeps_the_last_redraw_of_each_bar(kit, tmp_path):
     assert lines[1].startswith("Epoch 0: 100%") and lines[2].startswith("Epoch 1: 100%")
 
 
+def test_log_tail_of_an_empty_log(kit, tmp_path):
+    """A job that has printed nothing yet (a busy machine): an empty tail, not an error."""
+    log = tmp_path / "empty.log"
+    log.write_text("")
+    assert kit._tail(log, 10) == b"\n"
+    log.write_text("only line\n")
+    assert kit._tail(log, 10) == b"only line\n"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash, timeout")
 def test_run_gpu_script_on_cpu(kit, synthetic_dataset, tmp_path):

@@ -228,7 +228,7 @@ def _tail(path: Path, lines: int) -> bytes:
     segments = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     kept = [
         line
-        for line, following in zip(segments, [*segments[1:], ""], strict=True)
+        for line, following in zip(segments, [*segments[1:], ""][: len(segments)], strict=True)
         if not PROGRESS.search(line) or _progress_key(line) != _progress_key(following)
     ]
     return ("\n".join(kept[-lines:]) + "\n").encode()

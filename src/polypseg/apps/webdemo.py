@@ -100,10 +100,10 @@ ZIP_NAME = "polypseg-results.zip"
 #: 70th and 90th percentile of the bundled model's per-image polyp Dice (0.55, 0.80, 0.92, 0.95, 0.97 at
 #: 256x256; scripts/bundle_model.py picks them).
 EXAMPLE_DESCRIPTIONS = {
-    "cju1egh885m1l0855ci1lt37c.jpg": "Small pale polyp at the lower left edge (10th percentile)",
-    "cju16jgnyzp970878melv7r25.jpg": "Polyp in bright red light, lower right (30th percentile)",
-    "cju892fesoq2g0801n0e0jyia.jpg": "Large smooth polyp filling the top half (50th percentile)",
-    "cju2txjfzv60w098839dcimys.jpg": "Reddish polyp on a fold, left of centre (70th percentile)",
+    "cju87nkyrnb970801q84m47yt.jpg": "Reddish polyp on a fold at the right edge (10th percentile)",
+    "cju7dxffn2eam0817qxosfwch.jpg": "Lobed yellowish polyp right of the lumen (30th percentile)",
+    "cju8apjewqrk00801k5d71gky.jpg": "Smooth polyp below the lumen, lower right (50th percentile)",
+    "cju34c1xfyz920993itxkkfad.jpg": "Large pale polyp across the lower left (70th percentile)",
     "cju7dsrtb2f8i085064kwugfk.jpg": "Pale polyp beside the dark lumen (90th percentile)",
 }
 #: Gradio's example table cuts longer descriptions.
