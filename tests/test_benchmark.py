@@ -93,7 +93,7 @@ def test_json_and_header_record_the_cpu_flags(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("flag", ["1", "0"])
 def test_table_marks_auto_and_says_whether_it_is_within_10_percent(monkeypatch, flag):
-    monkeypatch.setattr("polypseg.apps.benchmark.installed_backends", lambda: list(ALL))
+    monkeypatch.setattr("polypseg.apps.benchmark_report.installed_backends", lambda: list(ALL))
     monkeypatch.setenv("POLYPSEG_NATIVE_BF16", flag)
     results = fake_results(MEASURED_BF16_CPU)
     table = benchmark.format_results(results)
