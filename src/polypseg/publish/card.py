@@ -7,10 +7,9 @@ from those files. :func:`polypseg.publish.push.push_to_hub` uploads it with the 
 
 from __future__ import annotations
 
-import csv
-import json
-from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import torch
@@ -19,84 +18,21 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from polypseg.classes import CLASS_NAMES, DEFAULT_BOUNDARY_WIDTH_PX
 from polypseg.config import ARCHITECTURE_KEYS, CONFIG_NAME, WEIGHTS_NAME
-from polypseg.errors import WeightsError, one_line
 from polypseg.model import UNet
-from polypseg.weights import WeightsLike, inspect_weights, resolve
+from polypseg.publish.card_sources import Sources, read_sources
+from polypseg.weights import WeightsLike
 from polypseg.weights.hub import CARD_REPO, HUB_PREFIX
 
 __all__ = ["CARD_NAME", "model_card"]
 
 CARD_NAME = "README.md"
 KVASIR_SEG_URL = "https://datasets.simula.no/kvasir-seg/"
-
-
-@dataclass
-class _Sources:
-    """What a card is written from: the weights' config.json and, for a run's best/, the run's files."""
-
-    weights_dir: Path
-    config: dict[str, Any]
-    run_dir: Path | None
-    training: dict[str, Any]
-    splits: dict[str, list[str]] | None
-    epochs: list[dict[str, str]]
-    evaluation: dict[str, Any] | None
-    #: Where the decoder concatenation order came from (see :class:`polypseg.weights.WeightsInfo`).
-    concat_source: str = "config.json"
-
-    @property
-    def binary(self) -> bool:
-        """The binary variant (one output channel)."""
-        return self.config.get("num_classes") == 1
-
-
-def _read_sources(
-    run_or_weights: WeightsLike, metrics_json: str | Path | None, decoder_concat: str | None = None
-) -> _Sources:
-    weights = resolve(run_or_weights)
-    weights_dir = weights.folder
-    if not weights.weights_file.is_file():
-        raise WeightsError(f"{weights.weights_file}: weights file not found")
-    config = dict(weights.config.raw)
-    # What the tensors say (task, classes; a foreign file has no config.json to say it) and the order used.
-    info = inspect_weights(weights, decoder_concat)
-    config = {"num_classes": info.architecture["num_classes"], **config, "task": info.task}
-    config["decoder_concat"] = info.architecture["decoder_concat"]
-    run_dir = (
-        weights_dir.parent if weights_dir.name == "best" and (weights_dir.parent / "config.yaml").exists() else None
-    )
-    training = dict(config.get("training", {}).get("config") or {})
-    if not training and run_dir is not None:
-        training = _read_yaml(run_dir / "config.yaml")
-    splits = None
-    if run_dir is not None and (run_dir / "splits.json").exists():
-        splits = _read_json(run_dir / "splits.json")
-    epochs: list[dict[str, str]] = []
-    if run_dir is not None and (run_dir / "metrics.csv").exists():
-        with (run_dir / "metrics.csv").open(newline="") as handle:
-            epochs = list(csv.DictReader(handle))
-    evaluation = _read_json(Path(metrics_json)) if metrics_json is not None else None
-    if evaluation is not None and not isinstance(evaluation.get("metrics"), dict):
-        raise ValueError(f"{metrics_json}: not a metrics.json of `polypseg evaluate` (no 'metrics' object)")
-    return _Sources(weights_dir, config, run_dir, training, splits, epochs, evaluation, info.concat_source)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read JSON ({one_line(error)})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: must hold a JSON object")
-    return value
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        value = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read YAML ({one_line(error)})") from None
-    return value if isinstance(value, dict) else {}
+#: The card's text around its computed sections (``string.Template``: ``${name}`` is filled in).
+_TEMPLATE = Template((files("polypseg.publish") / "card_template.md").read_text(encoding="utf-8"))
+#: The last line of "Intended use" for the 3-class variant.
+_BOUNDARY_NOTE = (
+    "- The boundary class is a convention of polypseg derived from the annotated masks, not an annotation of its own.\n"
+)
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -129,33 +65,6 @@ _MODEL_INDEX_METRICS = (
     ("polyp_iou", "iou", "Polyp IoU (mean over images)"),
 )
 
-_CITATIONS = """```bibtex
-@inproceedings{jha2020kvasir,
-  title     = {Kvasir-SEG: A Segmented Polyp Dataset},
-  author    = {Jha, Debesh and Smedsrud, Pia H. and Riegler, Michael A. and Halvorsen, P{\\aa}l and
-               de Lange, Thomas and Johansen, Dag and Johansen, H{\\aa}vard D.},
-  booktitle = {MultiMedia Modeling (MMM 2020)},
-  series    = {LNCS},
-  volume    = {11962},
-  pages     = {451--462},
-  publisher = {Springer},
-  year      = {2020},
-  doi       = {10.1007/978-3-030-37734-2_37}
-}
-
-@inproceedings{ronneberger2015unet,
-  title     = {U-Net: Convolutional Networks for Biomedical Image Segmentation},
-  author    = {Ronneberger, Olaf and Fischer, Philipp and Brox, Thomas},
-  booktitle = {Medical Image Computing and Computer-Assisted Intervention (MICCAI 2015)},
-  series    = {LNCS},
-  volume    = {9351},
-  pages     = {234--241},
-  publisher = {Springer},
-  year      = {2015},
-  doi       = {10.1007/978-3-319-24574-4_28}
-}
-```"""
-
 
 def model_card(
     run_or_weights_dir: WeightsLike,
@@ -183,35 +92,30 @@ def model_card(
     Example:
         >>> card = model_card("runs/seed", "reports/seed/metrics.json", repo_id="me/polyp-unet")  # doctest: +SKIP
     """
-    sources = _read_sources(run_or_weights_dir, metrics_json, decoder_concat)
+    sources = read_sources(run_or_weights_dir, metrics_json, decoder_concat)
     name = repo_id.split("/")[-1] if repo_id else _display_name(sources)
-    sections = [
-        _front_matter(sources, name),
-        f"# {name}\n",
-        _summary(sources),
-        _intended_use(sources.binary),
-        _model_section(sources),
-        _classes_section(sources),
-        _usage_section(repo_id, sources),
-        _training_section(sources),
-        _split_section(sources),
-        _evaluation_section(sources),
-        "## Citation\n\nIf you use these weights, cite the dataset (its terms require it) and the architecture:\n\n"
-        + _CITATIONS
-        + "\n",
-        "## License\n\nThe code that trained these weights (polypseg) is MIT-licensed. The weights were trained "
-        f"on Kvasir-SEG, whose [terms]({KVASIR_SEG_URL}) allow research and educational use only and require "
-        "citing the dataset paper; the same terms apply to the weights.\n",
-    ]
-    return "\n".join(section for section in sections if section)
+    split = _split_section(sources)
+    return _TEMPLATE.substitute(
+        front_matter=_front_matter(sources, name),
+        name=name,
+        summary=_summary(sources),
+        boundary_note="" if sources.binary else _BOUNDARY_NOTE,
+        model=_model_section(sources),
+        classes=_classes_section(sources),
+        usage=_usage_section(repo_id, sources),
+        training=_training_section(sources),
+        split=f"{split}\n" if split else "",
+        evaluation=_evaluation_section(sources),
+        kvasir_url=KVASIR_SEG_URL,
+    )
 
 
-def _display_name(sources: _Sources) -> str:
+def _display_name(sources: Sources) -> str:
     folder = sources.run_dir or sources.weights_dir
     return f"polypseg-unet-{folder.name}" if folder.name else "polypseg-unet"
 
 
-def _front_matter(sources: _Sources, name: str) -> str:
+def _front_matter(sources: Sources, name: str) -> str:
     eval_results = None
     evaluation = sources.evaluation
     if evaluation is not None:
@@ -243,7 +147,7 @@ def _front_matter(sources: _Sources, name: str) -> str:
     return f"---\n{card_data.to_yaml()}\n---\n"
 
 
-def _summary(sources: _Sources) -> str:
+def _summary(sources: Sources) -> str:
     width = sources.config.get("base_channels")
     size = f" of width {width}" if width else ""
     origin = (
@@ -264,28 +168,7 @@ def _summary(sources: _Sources) -> str:
     )
 
 
-def _intended_use(binary: bool = False) -> str:
-    return (
-        "## Intended use and limitations\n\n"
-        "**Research and education only. This model is not a medical device, has not been clinically "
-        "validated, and must not be used for diagnosis, screening or any decision about a patient.**\n\n"
-        "- Intended for research on polyp segmentation: a baseline to compare against, a starting point for "
-        "fine-tuning, and for building and testing tools.\n"
-        "- Trained and evaluated on Kvasir-SEG only: still images from colonoscopies, every one of which "
-        "shows at least one polyp. How it behaves on frames without polyps, on video, on other endoscopes, "
-        "other hospitals or other patient populations has not been measured here.\n"
-        "- Images are resized to the training resolution (see below) before segmentation; very small polyps "
-        "can be lost at that size.\n"
-        + (
-            ""
-            if binary
-            else "- The boundary class is a convention of polypseg derived from the annotated masks, not an "
-            "annotation of its own.\n"
-        )
-    )
-
-
-def _model_section(sources: _Sources) -> str:
+def _model_section(sources: Sources) -> str:
     config = sources.config
     architecture = {key: config[key] for key in ARCHITECTURE_KEYS if key in config}
     rows = []
@@ -317,7 +200,7 @@ def _model_section(sources: _Sources) -> str:
     return "## Model\n\n| | |\n|---|---|\n" + "\n".join(rows) + "\n"
 
 
-def _classes_section(sources: _Sources) -> str:
+def _classes_section(sources: Sources) -> str:
     if sources.binary:
         return (
             "## Classes\n\n"
@@ -339,7 +222,7 @@ def _classes_section(sources: _Sources) -> str:
     )
 
 
-def _usage_section(repo_id: str | None, sources: _Sources) -> str:
+def _usage_section(repo_id: str | None, sources: Sources) -> str:
     reference = f"{HUB_PREFIX}{repo_id}" if repo_id else "path/to/weights"
     config = sources.config
     # A file whose config.json does not record the order needs it on every load.
@@ -371,7 +254,7 @@ def _usage_section(repo_id: str | None, sources: _Sources) -> str:
     return text
 
 
-def _training_section(sources: _Sources) -> str:
+def _training_section(sources: Sources) -> str:
     training = sources.training
     lines = ["## Training\n"]
     if training:
@@ -439,7 +322,7 @@ def _training_section(sources: _Sources) -> str:
     return "\n".join(lines)
 
 
-def _split_section(sources: _Sources) -> str:
+def _split_section(sources: Sources) -> str:
     training = sources.training
     record = sources.config.get("training", {})
     limited = f" (the first {training['max_images']} images, sorted by name)" if training.get("max_images") else ""
@@ -461,7 +344,7 @@ def _split_section(sources: _Sources) -> str:
     )
 
 
-def _evaluation_section(sources: _Sources) -> str:
+def _evaluation_section(sources: Sources) -> str:
     evaluation = sources.evaluation
     if evaluation is None:
         return (
