@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from polypseg.apps.cli import _throughput, main
+from polypseg.apps.cli import main
+from polypseg.apps.cli_predict import _throughput
 from polypseg.deploy import runtime as export
 from polypseg.deploy.backends import (
     FIRST_EXPORT_MIN_IMAGES,

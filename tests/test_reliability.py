@@ -364,14 +364,14 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch
 @pytest.mark.parametrize("command", ["train", "predict"])
 def test_sigterm_before_lightning_starts_exits_143_with_one_line(command, tmp_path, monkeypatch, capsys):
     """SIGTERM while loading (imports, data, weights), before Lightning's handler: one line, exit 143."""
-    import polypseg.apps.cli
+    import polypseg.apps.cli_train
     import polypseg.inference
 
     def terminated_while_loading(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the command")
 
-    monkeypatch.setattr(polypseg.apps.cli, "train", terminated_while_loading)
+    monkeypatch.setattr(polypseg.apps.cli_train, "train", terminated_while_loading)
     monkeypatch.setattr(polypseg.inference.Predictor, "from_pretrained", terminated_while_loading)
     previous = signal.getsignal(signal.SIGTERM)
     args = ["--out", str(tmp_path / "out"), *(["--data", str(tmp_path)] if command == "train" else [str(tmp_path)])]

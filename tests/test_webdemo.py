@@ -244,7 +244,7 @@ def test_cli_demo_web_serves_on_localhost_by_default(monkeypatch):
     from polypseg.apps.webdemo import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_UPLOAD_MB
 
     calls = []
-    monkeypatch.setattr("polypseg.apps.cli.serve", lambda weights, **options: calls.append((weights, options)))
+    monkeypatch.setattr("polypseg.apps.cli_predict.serve", lambda weights, **options: calls.append((weights, options)))
     assert main(["demo", "--web"]) == 0
     assert main(["demo", "--web", "--weights", "w", "--host", "0.0.0.0", "--port", "8000", "--max-upload-mb", "5"]) == 0
     assert main(["demo", "--web", "--max-megapixels", "12.5"]) == 0
