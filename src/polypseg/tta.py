@@ -46,7 +46,7 @@ def flip_tta(logits_fn: Callable[[ArrayT], ArrayT], images: ArrayT) -> ArrayT:
 
     Args:
         logits_fn: Maps a batch (B, 3, H, W) to logits (B, C, H, W): a torch module or any
-            :class:`~polypseg.backends.Backend` (numpy in, numpy out).
+            :class:`~polypseg.deploy.backends.Backend` (numpy in, numpy out).
         images: The batch, a torch tensor or a numpy array (whatever ``logits_fn`` takes).
 
     Returns:

@@ -11,7 +11,7 @@ JPEGs (decode, resize, network, resize back, PNG writing; images/s = images writ
 
 The run records the CPU flags that decide the fast paths (:func:`polypseg.hardware.cpu_flags`) and, for
 each model width, marks the case ``--backend auto`` would take on this machine
-(:func:`polypseg.backends.choose_backend`) and says whether it is within 10% of the fastest case
+(:func:`polypseg.deploy.backends.choose_backend`) and says whether it is within 10% of the fastest case
 (:func:`auto_summary`).
 
 The full run also measures ``torch.compile`` (fp32, channels_last) beside eager PyTorch: inference at

@@ -166,7 +166,7 @@ class Segmented:
 
 
 def read_upload(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
-    """:func:`polypseg.io.read_image` with a lower pixel limit, judged from the header before decoding.
+    """:func:`polypseg.images.read_image` with a lower pixel limit, judged from the header before decoding.
 
     Raises:
         InputError: The file is not a readable image, or has more than ``max_pixels`` pixels.
@@ -202,7 +202,7 @@ def segment_paths(
         predictor: The loaded model.
         paths: Image files; each is read with :func:`read_upload`.
         batch_size: Images per network call.
-        max_pixels: Refuse larger images (default: :func:`polypseg.io.read_image`'s limit only).
+        max_pixels: Refuse larger images (default: :func:`polypseg.images.read_image`'s limit only).
         max_images: Segment at most this many files; one error line names the rest.
 
     Returns:

@@ -10,7 +10,7 @@ name               what runs
 ``onnxruntime``    an exported ``model.onnx`` on ONNX Runtime's CPU provider (fp32)
 ``openvino``       an exported OpenVINO IR (or ONNX) compiled for CPU; precision ``32``, ``bf16``
                    (inference precision hint; only fast where the CPU has native bf16) or ``int8``
-                   (an NNCF-quantised IR, see :func:`polypseg.export.export_model`)
+                   (an NNCF-quantised IR, see :func:`polypseg.deploy.export.export_model`)
 =================  ===================================================================================
 
 ``auto`` (:func:`choose_backend`) picks the runtime and precision that measured fastest on CPUs like the
@@ -70,22 +70,21 @@ def installed_backends() -> list[str]:
 
 
 #: Models this wide or narrower (``base_channels``) count as small for :func:`choose_backend`: without native
-#: bf16, ONNX Runtime fp32 ran faster than OpenVINO fp32 for them (width 16, batch 8: 1.19x vs 0.75x eager
-#: fp32 on an AVX-512 + VNNI Xeon), while OpenVINO fp32 led for the full width-64 model (1.87x vs 1.50x).
+#: bf16, ONNX Runtime fp32 ran faster than OpenVINO fp32 for them, while OpenVINO fp32 led for the full
+#: width-64 model. The measurements: README, "Export and fast CPU inference" (``polypseg benchmark``).
 SMALL_MODEL_CHANNELS = 16
 
 #: On a CPU with native bf16, a first OpenVINO export pays for itself over PyTorch bf16 only from about this
-#: many images. Measured end to end (``scripts/first_use_speed.sh``: 40 Kvasir-SEG JPEGs, width 64, a 2-core
-#: AMD EPYC with AVX512-BF16): PyTorch bf16 18.9 s, OpenVINO bf16 with its first export 29.7 s, from the
-#: cache 15.1 s, so the export costs about 14.6 s and saves about 0.095 s an image. Below this count, and
-#: with no export made yet, ``auto`` runs PyTorch bf16 and leaves OpenVINO for larger batches and later runs.
+#: many images: the export's one-off cost divided by what it saves per image, both measured end to end by
+#: ``scripts/first_use_speed.sh`` (README, "Export and fast CPU inference"). Below this count, and with no
+#: export made yet, ``auto`` runs PyTorch bf16 and leaves OpenVINO for larger batches and later runs.
 FIRST_EXPORT_MIN_IMAGES = 150
 
 
 class BackendChoice(NamedTuple):
     """What ``--backend auto`` runs.
 
-    ``backend`` and ``precision`` as :func:`polypseg.export.load_backend` takes them, and ``reason``, a short
+    ``backend`` and ``precision`` as :func:`polypseg.deploy.runtime.load_backend` takes them, and ``reason``, a short
     phrase for the one line ``predict`` prints about its choice.
     """
 
@@ -110,21 +109,22 @@ def choose_backend(
 ) -> BackendChoice:
     """The fastest runtime and precision for ``--backend auto``, from what is installed and the CPU.
 
-    A pure function of its arguments (:func:`polypseg.export.load_backend` passes
+    A pure function of its arguments (:func:`polypseg.deploy.runtime.load_backend` passes
     :func:`installed_backends`, :func:`~polypseg.hardware.cpu_supports_bf16` and what the weights folder
     holds), so the rule can be tested for any CPU. With ``precision="auto"``, first that applies:
 
     1. OpenVINO int8 where the weights folder is an OpenVINO export with ``model_int8.xml``: int8 was the
-       fastest case on every CPU measured (width 64, batch 1: 5.27x eager fp32 on a CPU with native bf16,
-       5.51x on one without).
-    2. On a CPU with native bf16 (AVX512-BF16 or AMX): OpenVINO bf16 (2.51-2.87x at width 64, batch 1),
-       else PyTorch bf16 autocast (1.95-2.06x; faster than ONNX Runtime fp32 there, 1.24-1.31x), else ONNX
-       Runtime fp32. For small models (``base_channels`` at most :data:`SMALL_MODEL_CHANNELS`) PyTorch bf16
-       comes first (2.05x vs OpenVINO bf16's 1.79x at width 16, batch 8, on a 2-core AMD EPYC).
-    3. fp32 otherwise (bf16 is emulated and about 3x slower than fp32 without native support): OpenVINO fp32
-       (1.87x at width 64 vs ONNX Runtime's 1.50x), except for small models (``base_channels`` at most
-       :data:`SMALL_MODEL_CHANNELS`), where ONNX Runtime comes first (1.19x vs 0.75x at width 16, batch 8);
-       PyTorch fp32 where neither runtime is installed.
+       fastest case on every CPU measured.
+    2. On a CPU with native bf16 (AVX512-BF16 or AMX): OpenVINO bf16, else PyTorch bf16 autocast (faster
+       than ONNX Runtime fp32 there), else ONNX Runtime fp32. For small models (``base_channels`` at most
+       :data:`SMALL_MODEL_CHANNELS`) PyTorch bf16 comes first.
+    3. fp32 otherwise (without native support bf16 is emulated and several times slower than fp32):
+       OpenVINO fp32, except for small models, where ONNX Runtime comes first; PyTorch fp32 where neither
+       runtime is installed.
+
+    The ranking comes from ``polypseg benchmark`` on CPUs with and without native bf16; the figures, the
+    CPUs and the commands are in the README ("Export and fast CPU inference"), where they can be re-measured
+    rather than quoted here.
 
     First use: where step 2 would take OpenVINO bf16 but no export of these weights exists yet
     (``export_ready`` false) and fewer than :data:`FIRST_EXPORT_MIN_IMAGES` images are to be segmented,

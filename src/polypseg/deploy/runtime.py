@@ -86,7 +86,7 @@ def _cached_export(weights: Weights, fmt: str, decoder_concat: str | None = None
 def plan_auto_backend(
     weights: WeightsLike = None, precision: str = "auto", images: int | None = None, decoder_concat: str | None = None
 ) -> BackendChoice:
-    """What ``--backend auto`` runs for these weights on this machine (see :func:`~polypseg.backends.choose_backend`).
+    """What ``--backend auto`` runs for these weights here (:func:`~polypseg.deploy.backends.choose_backend`).
 
     The runtimes offered are the installed ones that can run the weights: an export folder excludes PyTorch
     (and ONNX Runtime where it holds no ``model.onnx``); an OpenVINO export with ``model_int8.xml`` offers
@@ -122,7 +122,7 @@ def load_backend(
     """Build an inference backend for weights, exporting (once, cached) when the runtime needs it.
 
     The backend returned carries what was decided on the way, for callers that report it (``predict``):
-    ``backend.auto_choice`` (the :class:`~polypseg.backends.BackendChoice` of ``auto``, else ``None``) and
+    ``backend.auto_choice`` (the :class:`~polypseg.deploy.backends.BackendChoice` of ``auto``, else ``None``) and
     ``backend.export`` (the :class:`CachedExport` used, with its ``seconds`` where this call made it, else
     ``None``). Both are also logged (``logging``, logger ``polypseg.export``, level INFO).
 

@@ -3,7 +3,7 @@
 * :mod:`~polypseg.inference.predictor`: :class:`Predictor`, :class:`Prediction`.
 * :mod:`~polypseg.inference.outputs`: palette class map, mask and overlay of one image, output names.
 * :mod:`~polypseg.inference.streaming`: :func:`predict_files` (``polypseg predict`` on images).
-* :mod:`~polypseg.inference.video`: :func:`predict_videos` (``polypseg predict`` on videos; needs PyAV).
+* :mod:`~polypseg.inference.video`: :func:`~polypseg.inference.video.predict_videos` (videos; needs PyAV).
 
 Example:
     >>> from polypseg.inference import Predictor

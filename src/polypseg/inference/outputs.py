@@ -35,7 +35,7 @@ __all__ = [
 
 #: Colours of the class-map PNG palette: background black, polyp green, boundary yellow.
 CLASS_PALETTE: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (0, 200, 0), (255, 220, 0))
-#: Overlay file formats: JPEG (default; about 40x faster to encode than PNG), lossless PNG, or none.
+#: Overlay file formats: JPEG (default; much faster to encode than PNG, see README), lossless PNG, or none.
 OVERLAY_FORMATS = ("jpg", "png", "none")
 JPEG_QUALITY = 90
 CSV_COLUMNS = ("file", "width", "height", "polyp_area_percent", "polyps", "boxes", "stem")

@@ -92,7 +92,7 @@ class Predictor:
     """A loaded model that segments images.
 
     Args:
-        model: A U-Net (run with PyTorch) or any :class:`~polypseg.backends.Backend` (ONNX Runtime,
+        model: A U-Net (run with PyTorch) or any :class:`~polypseg.deploy.backends.Backend` (ONNX Runtime,
             OpenVINO, ...).
         image_size: Network input size (the training resolution), square.
         device: Torch device (PyTorch models only).

@@ -27,7 +27,7 @@ __all__ = ["BestWeightsExporter", "EpochCSVLogger", "LastCheckpoint"]
 class BestWeightsExporter(Callback):
     """Write ``best/`` (safetensors + config.json) whenever the monitored validation metric improves.
 
-    The folder is replaced as a whole (:func:`polypseg.io.atomic_write_folder`), so its weights and its
+    The folder is replaced as a whole (:func:`polypseg.files.atomic_write_folder`), so its weights and its
     config always come from the same epoch, even if the process is killed while writing.
     """
 

@@ -4,7 +4,7 @@
 * :func:`load_pretrained` rebuilds a :class:`~polypseg.model.UNet` from such a folder, from a bare
   ``.safetensors`` file, from the bundled model (no argument), or from a checkpoint of the same
   architecture written by someone else with other tensor names (matched by structure, see
-  :func:`map_foreign_state_dict`). Only safetensors are read: nothing is ever unpickled.
+  :func:`~polypseg.weights.foreign.map_foreign_state_dict`). Only safetensors are read: nothing is ever unpickled.
 * :func:`inspect_weights` says what was read off a file: task, width, classes, head kernel, biases, and
   the decoder's concatenation order.
 
@@ -84,7 +84,7 @@ def save_pretrained(
 
 
 def read_model_config(weights: WeightsLike = None) -> dict[str, Any]:
-    """The ``config.json`` beside the weights as a dict (empty if there is none); see :class:`WeightsConfig`."""
+    """The ``config.json`` beside the weights as a dict (empty if none); see :class:`~polypseg.config.WeightsConfig`."""
     return dict(resolve(weights).config.raw)
 
 
