@@ -320,3 +320,95 @@ def test_exported_order_is_kept_and_a_different_one_refused(tmp_path):
         assert np.abs(backend(images) - model(torch.from_numpy(images)).numpy()).max() < 1e-4
     with pytest.raises(ValueError, match="built in"):
         load_backend(tmp_path / "onnx", "onnxruntime", decoder_concat="skip-up")
+
+
+# --- the threshold recorded with the weights is the default ------------------------------------------
+
+
+@pytest.fixture
+def recorded_07(tmp_path) -> Path:
+    """Binary weights whose config.json records threshold 0.7 and whose polyp probability is 0.6 everywhere.
+
+    So the recorded threshold (0.7) finds no polyp pixel and 0.5 makes every pixel polyp.
+    """
+    torch.manual_seed(0)
+    model = UNet(num_classes=1, base_channels=4).eval()
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.fill_(math.log(0.6 / 0.4))
+    return save_pretrained(model, tmp_path / "recorded", metadata={"input_size": [64, 64], "threshold": 0.7})
+
+
+def test_the_recorded_threshold_is_the_library_default(recorded_07):
+    from polypseg.evaluation import evaluation_predictor
+    from polypseg.inference import decision_threshold
+    from polypseg.weights import resolve
+
+    weights = resolve(recorded_07)
+    assert decision_threshold(weights) == 0.7 and decision_threshold(weights, 0.5) == 0.5
+    assert decision_threshold(resolve(None)) == 0.5  # the bundled model records none
+    assert Predictor.from_pretrained(recorded_07, precision="32").threshold == 0.7
+    assert Predictor.from_pretrained(recorded_07, precision="32", threshold=0.5).threshold == 0.5
+    assert (
+        evaluation_predictor(weights).threshold == 0.7 and evaluation_predictor(weights, threshold=0.2).threshold == 0.2
+    )
+    image = np.zeros((40, 50, 3), np.uint8)
+    assert not Predictor.from_pretrained(recorded_07, precision="32").predict(image).polyp_mask.any()
+
+
+def test_a_recorded_threshold_out_of_range_names_the_config(recorded_07):
+    from polypseg.errors import UsageError, WeightsError
+    from polypseg.inference import decision_threshold
+    from polypseg.weights import resolve
+
+    config = json.loads((recorded_07 / "config.json").read_text())
+    (recorded_07 / "config.json").write_text(json.dumps({**config, "threshold": 1.5}))
+    with pytest.raises(WeightsError, match=r"config\.json: 'threshold' must be a number from 0 to 1, got 1\.5"):
+        decision_threshold(resolve(recorded_07))
+    assert decision_threshold(resolve(recorded_07), 0.4) == 0.4  # an explicit one still wins
+    with pytest.raises(UsageError, match="threshold must be a number from 0 to 1"):
+        decision_threshold(resolve(recorded_07), 2.0)
+
+
+def test_predict_and_evaluate_use_the_recorded_threshold(recorded_07, synthetic_dataset, tmp_path):
+    data = synthetic_dataset(sizes=[(64, 64), (48, 40)], mask_suffix=".png")
+    image = sorted((data / "images").iterdir())[0]
+    polyp = {}
+    for name, flags in (("recorded", []), ("0.7", ["--threshold", "0.7"]), ("0.5", ["--threshold", "0.5"])):
+        out = tmp_path / "predict" / name
+        assert main(["predict", str(image), "--weights", str(recorded_07), "--out", str(out), *flags]) == 0
+        polyp[name] = np.asarray(Image.open(out / f"{image.stem}_mask.png")) > 0
+    assert not polyp["recorded"].any() and np.array_equal(polyp["recorded"], polyp["0.7"])
+    assert polyp["0.5"].all()
+
+    for name, flags, expected in (("recorded", [], 0.7), ("0.5", ["--threshold", "0.5"], 0.5)):
+        out = tmp_path / "evaluate" / name
+        args = ["evaluate", "--weights", str(recorded_07), "--data", str(data), "--split", "all", "--out", str(out)]
+        assert main([*args, *flags]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["task"] == "binary" and metrics["threshold"] == expected
+        with (out / "per_image.csv").open(newline="") as handle:
+            predicted = [int(row["polyp_pixels_pred"]) for row in csv.DictReader(handle)]
+        assert predicted == ([0, 0] if expected == 0.7 else [64 * 64, 64 * 64])
+
+
+def test_demo_uses_the_recorded_threshold(recorded_07, tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--weights", str(recorded_07), "--out", str(out)]) == 0
+    masks = sorted(out.glob("*_mask.png"))
+    assert len(masks) == 5 and not any((np.asarray(Image.open(mask)) > 0).any() for mask in masks)
+
+
+def test_web_demo_uses_the_recorded_threshold(recorded_07, monkeypatch):
+    pytest.importorskip("gradio")
+    from polypseg.apps import webdemo
+
+    class Page:
+        def launch(self, **options: object) -> None:
+            pass
+
+    built = []
+    monkeypatch.setattr(webdemo, "build_demo", lambda predictor, **options: built.append(predictor) or Page())
+    webdemo.serve(recorded_07, block=False)
+    webdemo.serve(recorded_07, block=False, threshold=0.5)
+    assert [predictor.threshold for predictor in built] == [0.7, 0.5]

@@ -281,3 +281,42 @@ def test_evaluate_several_datasets_in_one_run(tiny_weights, synthetic_dataset, t
     assert main([*args, "--splits", str(splits), "--out", str(out), "--overwrite", "--report"]) == 0
     for name in ("kvasir-seg", "cvc-tiny"):
         assert (out / name / "dice_histogram.png").exists() and (out / name / "worst_cases.png").exists()
+
+
+def test_evaluate_builds_one_options_object_for_one_or_several_datasets(monkeypatch, capsys):
+    from dataclasses import FrozenInstanceError
+    from pathlib import Path
+
+    from polypseg.evaluation import EvaluationOptions
+
+    calls = []
+    monkeypatch.setattr("polypseg.apps.cli_train.resolve", lambda weights: weights)
+    monkeypatch.setattr("polypseg.apps.cli_train.run_evaluation", lambda *a: calls.append(a))
+    monkeypatch.setattr("polypseg.apps.cli_train.format_table", lambda report: "")
+    monkeypatch.setattr("polypseg.apps.cli_train.run_evaluations", lambda *a: calls.append(a) or [])
+    monkeypatch.setattr("polypseg.apps.cli_train.format_literature_table", lambda rows: "")
+    assert main(["evaluate", "--weights", "w", "--data", "a"]) == 0
+    assert main(["evaluate", "--weights", "w", "--data", "a", "--data", "b", "--split", "val", "--tta"]) == 0
+    args = ["--batch-size", "2", "--overwrite", "--decoder-concat", "up-skip", "--threshold", "0.7"]
+    assert main(["evaluate", "--data", "a", "--splits", "s.json", *args]) == 0
+    # The CLI's defaults are the options' defaults; each flag lands in its field.
+    assert calls[0] == ("w", Path("a"), None, EvaluationOptions())
+    assert calls[1] == ("w", [Path("a"), Path("b")], None, EvaluationOptions(split="val", tta=True))
+    assert calls[2][3] == EvaluationOptions(
+        splits_file=Path("s.json"),
+        batch_size=2,
+        overwrite=True,
+        decoder_concat="up-skip",
+        threshold=0.7,
+    )
+    with pytest.raises(FrozenInstanceError):
+        calls[0][3].split = "val"  # type: ignore[misc]
+    # --report needs --out, with one dataset or several, before anything is loaded.
+    capsys.readouterr()
+    for data in (["--data", "a"], ["--data", "a", "--data", "b"]):
+        assert main(["evaluate", *data, "--report"]) == 2
+        assert "--report needs --out" in one_line_error(capsys)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--batch-size", "0"])
+    assert "--batch-size: expected a whole number of at least 1" in capsys.readouterr().err
+    assert len(calls) == 3

@@ -214,7 +214,7 @@ def test_two_process_ddp_on_cpu(synthetic_dataset, tmp_path):
     import subprocess
     import sys
 
-    from polypseg.evaluation import run_evaluation
+    from polypseg.evaluation import EvaluationOptions, run_evaluation
 
     data = synthetic_dataset(sizes=[(64, 64)] * 12)
     config = tmp_path / "tiny.yaml"
@@ -264,7 +264,7 @@ def test_two_process_ddp_on_cpu(synthetic_dataset, tmp_path):
             assert abs(float(ddp_row[key]) - float(single_row[key])) < 0.1, (key, ddp_row, single_row)
 
     best = json.loads((run / "best" / "config.json").read_text())["training"]
-    report = run_evaluation(str(run), data, None, split="val")
+    report = run_evaluation(str(run), data, None, EvaluationOptions(split="val"))
     assert report.result.metrics["mean_dice"] == pytest.approx(best["val_metrics"]["val_dice"], abs=1e-5)
 
 

@@ -254,7 +254,7 @@ def test_cli_demo_web_serves_on_localhost_by_default(monkeypatch):
         "max_megapixels": DEFAULT_MAX_MEGAPIXELS,
         "tta": False,
         "decoder_concat": None,
-        "threshold": 0.5,
+        "threshold": None,
     }
     assert main(["demo", "--web", "--decoder-concat", "up-skip", "--threshold", "0.7"]) == 0
     assert calls[-1] == (

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, TypeVar
+
+Options = TypeVar("Options")
 
 DEFAULT_DATA = "../shared/datasets/kvasir-seg"
 WEIGHTS_HELP = "weights folder, .safetensors, run folder or hf://OWNER/REPO[@REVISION] (default: bundled)"
@@ -13,14 +17,26 @@ CONCAT_HELP = (
     "decoder concatenation order of the weights: skip-up = cat([skip, upsampled]) (polypseg's), up-skip = "
     "cat([upsampled, skip]); default: what config.json records, else skip-up (`polypseg inspect --data` tells)"
 )
-THRESHOLD_HELP = "binary weights (one output channel): polyp where the sigmoid probability is >= this (default 0.5)"
+THRESHOLD_HELP = (
+    "binary weights (one output channel): polyp where the sigmoid probability is >= this, from 0 to 1 "
+    "(default: the threshold recorded with the weights in config.json, else 0.5)"
+)
 
 
 def add_weights_options(parser: argparse.ArgumentParser, threshold: bool = True) -> None:
     """``--decoder-concat`` (every command with ``--weights``) and ``--threshold`` (those that segment)."""
     parser.add_argument("--decoder-concat", default=None, choices=["skip-up", "up-skip"], help=CONCAT_HELP)
     if threshold:
-        parser.add_argument("--threshold", type=number_between(0, 1), default=0.5, help=THRESHOLD_HELP)
+        parser.add_argument("--threshold", type=number_between(0, 1), default=None, help=THRESHOLD_HELP)
+
+
+def options_from(cls: type[Options], args: argparse.Namespace) -> Options:
+    """The options dataclass ``cls`` filled from the parsed flags of the same names (``--batch-size``: ``batch_size``).
+
+    So that each option is named once: a field of ``cls`` and the flag whose ``dest`` it is.
+    """
+    values: dict[str, Any] = {field.name: getattr(args, field.name) for field in fields(cls)}  # type: ignore[arg-type]
+    return cls(**values)
 
 
 def positive_int(text: str) -> int:

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from polypseg.apps.cli_options import TTA_HELP, WEIGHTS_HELP, add_weights_options, number_between, positive_int
+from polypseg.apps.cli_options import (
+    TTA_HELP,
+    WEIGHTS_HELP,
+    add_weights_options,
+    number_between,
+    options_from,
+    positive_int,
+)
 from polypseg.apps.webdemo import serve
 from polypseg.files import expand_inputs
 from polypseg.inference import Predictor, predict_files, print_result
@@ -34,7 +41,7 @@ class PredictOptions:
     min_polyp_area: float = 0.1  # percent of the image
     tta: bool = False
     decoder_concat: str | None = None  # None: what config.json records, else skip-up
-    threshold: float = 0.5  # binary weights: polyp where the sigmoid probability is >= this
+    threshold: float | None = None  # binary weights: polyp where the sigmoid is >= this; None: the weights' own
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -172,20 +179,7 @@ def _throughput(images: int, seconds: float, export_seconds: float) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    options = PredictOptions(
-        out=args.out,
-        overwrite=args.overwrite,
-        batch_size=args.batch_size,
-        backend=args.backend,
-        precision=args.precision,
-        opacity=args.opacity,
-        overlay=args.overlay,
-        min_polyp_area=args.min_polyp_area,
-        tta=args.tta,
-        decoder_concat=args.decoder_concat,
-        threshold=args.threshold,
-    )
-    return _run_predict(args.weights, args.inputs, options)
+    return _run_predict(args.weights, args.inputs, options_from(PredictOptions, args))
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:

@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from polypseg.apps.cli_options import DEFAULT_DATA, TTA_HELP, WEIGHTS_HELP, add_weights_options
+from polypseg.apps.cli_options import (
+    DEFAULT_DATA,
+    TTA_HELP,
+    WEIGHTS_HELP,
+    add_weights_options,
+    options_from,
+    positive_int,
+)
 from polypseg.config import TrainConfig, load_config, parse_duration, resume_conflicts
 from polypseg.data import load_splits, parse_split_sizes
+from polypseg.errors import UsageError
 from polypseg.evaluation import (
     LITERATURE_CSV,
+    EvaluationOptions,
     dataset_names,
     format_literature_table,
     format_table,
@@ -120,7 +129,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.splits is not None and load_splits(args.splits) != load_splits(args.out / "splits.json"):
             conflicts.append(f"--splits {args.splits} (the run's: {args.out / 'splits.json'})")
         if conflicts:
-            raise ValueError(
+            raise UsageError(
                 f"{args.out / 'config.yaml'}: --resume continues the run with its own settings and only --epochs "
                 f"and --time-budget may change; given: {'; '.join(conflicts)}"
             )
@@ -146,15 +155,28 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         help=f"folder with images/ and masks/ (default: {DEFAULT_DATA}); repeat it to score several datasets in "
         "one run: the Kvasir-SEG folder (the weights' training data) on --split, every other folder whole",
     )
-    parser.add_argument("--split", default="test", help="train, val, test or all (default: test)")
-    parser.add_argument("--splits", type=Path, default=None, help="splits.json (default: the run's, or the seeded one)")
+    defaults = EvaluationOptions()
+    parser.add_argument("--split", default=defaults.split, help=f"train, val, test or all (default: {defaults.split})")
+    parser.add_argument(
+        "--splits",
+        dest="splits_file",
+        metavar="SPLITS",
+        type=Path,
+        default=defaults.splits_file,
+        help="splits.json (default: the run's, or the seeded one)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
         help="folder for metrics.json and per_image.csv (several --data: one subfolder each, and literature.csv)",
     )
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=defaults.batch_size,
+        help=f"images per batch (default {defaults.batch_size})",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing reports in --out")
     parser.add_argument("--tta", action="store_true", help=TTA_HELP)
     parser.add_argument(
@@ -165,27 +187,17 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.report and args.out is None:
+        raise UsageError("--report needs --out (the folder for the figures)")
     data = args.data or [Path(DEFAULT_DATA)]
     args.weights = resolve(args.weights)  # once, for the scores and the figures
+    options = options_from(EvaluationOptions, args)
     if len(data) > 1:
-        return _evaluate_datasets(args, data)
+        return _evaluate_datasets(args, data, options)
     args.data = data[0]
     if args.report:
-        if args.out is None:
-            raise ValueError("--report needs --out (the folder for the figures)")
-        refuse_existing([args.out / name for name in EVALUATION_FIGURES], args.overwrite)
-    report = run_evaluation(
-        args.weights,
-        args.data,
-        args.out,
-        split=args.split,
-        splits_file=args.splits,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        tta=args.tta,
-        decoder_concat=args.decoder_concat,
-        threshold=args.threshold,
-    )
+        refuse_existing([args.out / name for name in EVALUATION_FIGURES], options.overwrite)
+    report = run_evaluation(args.weights, args.data, args.out, options)
     print(format_table(report))
     if args.out is not None:
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'per_image.csv'}")
@@ -195,27 +207,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_datasets(args: argparse.Namespace, data: list[Path]) -> int:
+def _evaluate_datasets(args: argparse.Namespace, data: list[Path], options: EvaluationOptions) -> int:
     if args.report:
-        if args.out is None:
-            raise ValueError("--report needs --out (the folder for the figures)")
         for name in dataset_names(data):
-            refuse_existing([args.out / name / figure for figure in EVALUATION_FIGURES], args.overwrite)
-    rows = run_evaluations(
-        args.weights,
-        data,
-        args.out,
-        split=args.split,
-        splits_file=args.splits,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        tta=args.tta,
-        decoder_concat=args.decoder_concat,
-        threshold=args.threshold,
-    )
+            refuse_existing([args.out / name / figure for figure in EVALUATION_FIGURES], options.overwrite)
+    rows = run_evaluations(args.weights, data, args.out, options)
     for name, report in rows:
         print(f"{name}: split {report.split}, {report.images} images ({report.split_source}), {report.data}")
-    tta = ", flip test-time augmentation" if args.tta else ""
+    tta = ", flip test-time augmentation" if options.tta else ""
     print(f"polyp literature measures (probability map at the evaluation resolution{tta}):")
     print(format_literature_table(rows))
     if args.out is not None:

@@ -359,7 +359,7 @@ def serve(
     queue_size: int = DEFAULT_QUEUE_SIZE,
     tta: bool = False,
     decoder_concat: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
 ) -> "gr.Blocks":
     """Load the model once and serve the page on ``http://host:port``.
 
@@ -374,7 +374,8 @@ def serve(
         max_megapixels: Largest image segmented, in millions of pixels (the CLI's 100 caps it too).
         queue_size: Requests that may wait for the network.
         decoder_concat: The decoder concatenation order (see :func:`polypseg.load_pretrained`).
-        threshold: Binary weights: polyp where the sigmoid probability is at least this.
+        threshold: Binary weights: polyp where the sigmoid probability is at least this (``None``: the
+            threshold recorded with the weights, 0.5 where none is).
         tta: Default of the page's flip-TTA control.
 
     Returns:

@@ -163,7 +163,11 @@ def export_model(
             "format": fmt,
             "input": "images (B, 3, H, W) float32 RGB in [0, 1], H and W multiples of 16",
             "output": "logits (B, classes, H, W)"
-            + ("; one channel: sigmoid >= threshold (0.5) is polyp" if model.num_classes == 1 else ""),
+            + (
+                f"; one channel: sigmoid >= threshold ({weights.config.threshold:g}) is polyp"
+                if model.num_classes == 1
+                else ""
+            ),
             "int8": calibration is not None,
         },
     }

@@ -1,7 +1,8 @@
 """Evaluation: which images (splits), scores through the Predictor, tables, figures, and export parity.
 
 * :mod:`~polypseg.evaluation.splits`: the split of the weights' run, ground-truth boxes, calibration images.
-* :mod:`~polypseg.evaluation.evaluate`: :func:`evaluate`, :func:`run_evaluation` (``polypseg evaluate``).
+* :mod:`~polypseg.evaluation.evaluate`: :func:`evaluate`, :func:`run_evaluation` with its
+  :class:`EvaluationOptions` (``polypseg evaluate``).
 * :mod:`~polypseg.evaluation.tables`: the printed table and the literature table.
 * :mod:`~polypseg.evaluation.reports`: Dice histogram, worst cases, training curves (``--report``).
 * :mod:`~polypseg.evaluation.parity`: an export beside PyTorch (``polypseg export``).
@@ -11,6 +12,7 @@
 from polypseg.evaluation.concat import ConcatFit, score_concat_orders
 from polypseg.evaluation.evaluate import (
     EVALUATION_FILES,
+    EvaluationOptions,
     EvaluationReport,
     EvaluationResult,
     evaluate,
@@ -31,6 +33,7 @@ __all__ = [
     "EVALUATION_FILES",
     "ConcatFit",
     "LITERATURE_CSV",
+    "EvaluationOptions",
     "EvaluationReport",
     "EvaluationResult",
     "calibration_paths",

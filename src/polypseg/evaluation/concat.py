@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from polypseg.classes import DEFAULT_THRESHOLD
 from polypseg.data import find_pairs, load_pairs
+from polypseg.errors import InputError
 from polypseg.evaluation.evaluate import evaluate, evaluation_predictor
 from polypseg.model import DECODER_CONCATS
 from polypseg.weights import WeightsLike, resolve
@@ -42,22 +42,22 @@ def score_concat_orders(
     weights: WeightsLike,
     data_dir: str | Path,
     max_images: int = 20,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     batch_size: int = 8,
 ) -> ConcatFit:
     """Score weights with both decoder concatenation orders on up to ``max_images`` labelled images.
 
     The images are spread evenly over the folder's pairs (sorted by name) and scored by
     :func:`~polypseg.evaluation.evaluate.evaluate` through the evaluation Predictor (polyp Dice, mean per
-    image) at the weights' input size.
+    image) at the weights' input size; binary weights at ``threshold`` (``None``: the one recorded with them).
 
     Raises:
-        ValueError: The folder holds no labelled images.
+        InputError: The folder holds no labelled images.
     """
     weights = resolve(weights)
     samples = find_pairs(data_dir)
     if not samples:
-        raise ValueError(f"{data_dir}: no labelled images (images/ and masks/)")
+        raise InputError(data_dir, "no labelled images (images/ and masks/)")
     step = max(len(samples) / max_images, 1.0)
     picked = [samples[int(i * step)] for i in range(min(max_images, len(samples)))]
     pairs = load_pairs(picked, weights.config.input_size)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ import torch
 
 from polypseg.classes import DEFAULT_THRESHOLD, class_names_for, classes_to_mask, mask_to_classes, task_of
 from polypseg.data import CachedPairs, find_pairs, load_pairs
+from polypseg.errors import UsageError
 from polypseg.evaluation.splits import dataset_names, is_training_dataset, read_truth_boxes, resolve_split
 from polypseg.evaluation.tables import LITERATURE_CSV, literature_csv
 from polypseg.files import atomic_write_csv, atomic_write_text, refuse_existing
-from polypseg.inference import Predictor
+from polypseg.inference import Predictor, decision_threshold
 from polypseg.losses import CombinedLoss
 from polypseg.metrics import SegmentationMetrics, class_counts, ratio
 from polypseg.model import UNet
@@ -37,6 +38,7 @@ from polypseg.weights import Weights, WeightsLike, load_pretrained, resolve
 
 __all__ = [
     "EVALUATION_FILES",
+    "EvaluationOptions",
     "EvaluationReport",
     "EvaluationResult",
     "evaluate",
@@ -148,6 +150,39 @@ def _image_rows(
     return rows
 
 
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How :func:`run_evaluation` and :func:`run_evaluations` score (``polypseg evaluate``'s options).
+
+    The CLI's defaults are these.
+
+    Attributes:
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (:func:`~polypseg.evaluation.splits.resolve_split`).
+            :func:`run_evaluations` scores folders other than the weights' training data whole.
+        splits_file: A ``splits.json`` (``None``: the run's, else the split seeded as recorded in
+            ``config.json``).
+        batch_size: Images per batch.
+        overwrite: Replace existing reports in the output folder (else they are refused).
+        tta: Flip test-time augmentation (:func:`polypseg.tta.flip_tta`): four times the inference time.
+        decoder_concat: The decoder concatenation order, passed to :func:`polypseg.load_pretrained`
+            (``None``: what ``config.json`` records, else ``"skip-up"``).
+        threshold: Binary weights: polyp where the sigmoid probability is at least this (``None``: the
+            threshold recorded with the weights, :func:`~polypseg.inference.decision_threshold`).
+
+    Example:
+        >>> EvaluationOptions(split="val", tta=True).batch_size
+        8
+    """
+
+    split: str = "test"
+    splits_file: str | Path | None = None
+    batch_size: int = 8
+    overwrite: bool = False
+    tta: bool = False
+    decoder_concat: str | None = None
+    threshold: float | None = None
+
+
 @dataclass
 class EvaluationReport:
     """Result of :func:`run_evaluation`."""
@@ -164,7 +199,7 @@ class EvaluationReport:
     dataset: str = ""
     #: The evaluated weights, resolved.
     weights: Weights | None = None
-    #: The decoder concatenation order the weights were loaded with, and the binary threshold.
+    #: The decoder concatenation order the weights were loaded with, and the binary threshold used.
     decoder_concat: str = "skip-up"
     threshold: float = DEFAULT_THRESHOLD
 
@@ -184,72 +219,77 @@ def evaluation_predictor(
     weights: WeightsLike,
     tta: bool = False,
     decoder_concat: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
 ) -> Predictor:
     """The Predictor that ``polypseg evaluate`` scores with: the weights in PyTorch fp32 (CUDA where there is one).
 
-    ``decoder_concat`` is passed to :func:`polypseg.load_pretrained`; ``threshold`` is the binary decision.
+    ``decoder_concat`` is passed to :func:`polypseg.load_pretrained`; ``threshold`` is the binary decision
+    (``None``: the one recorded with the weights, :func:`~polypseg.inference.decision_threshold`).
     """
     weights = resolve(weights)
+    chosen = decision_threshold(weights, threshold)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_pretrained(weights, decoder_concat=decoder_concat)
-    return Predictor(model, weights.config.input_size, device=device, precision="32", tta=tta, threshold=threshold)
+    return Predictor(model, weights.config.input_size, device=device, precision="32", tta=tta, threshold=chosen)
 
 
 def run_evaluation(
     weights: WeightsLike,
     data_dir: str | Path,
     out_dir: str | Path | None,
-    split: str = "test",
-    splits_file: str | Path | None = None,
-    batch_size: int = 8,
-    overwrite: bool = False,
-    tta: bool = False,
-    decoder_concat: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
+    options: EvaluationOptions = EvaluationOptions(),
 ) -> EvaluationReport:
     """Evaluate weights on a split of a dataset folder and write ``metrics.json`` and ``per_image.csv``.
 
-    With ``tta`` the scores are those of flip test-time augmentation (:func:`polypseg.tta.flip_tta`);
-    ``metrics.json`` records ``"tta"`` either way, and the task (and, for binary weights, the
-    ``threshold`` on the sigmoid probability). ``decoder_concat`` is passed to
-    :func:`polypseg.load_pretrained`.
+    With ``options.tta`` the scores are those of flip test-time augmentation (:func:`polypseg.tta.flip_tta`);
+    ``metrics.json`` records ``"tta"`` either way, the task, the decoder concatenation order and, for
+    binary weights, the ``threshold`` on the sigmoid probability that was used.
+
+    Args:
+        weights: The weights to score (``None``: the bundled model), resolved once.
+        data_dir: Dataset folder with ``images/`` and ``masks/``.
+        out_dir: Folder for ``metrics.json`` and ``per_image.csv`` (``None``: write nothing).
+        options: Split, batch size, TTA, decoder order, threshold, overwrite (:class:`EvaluationOptions`).
+
+    Example:
+        >>> options = EvaluationOptions(split="val", tta=True)
+        >>> report = run_evaluation(None, "../shared/datasets/kvasir-seg", None, options)  # doctest: +SKIP
     """
     if out_dir is not None:
         out_dir = Path(out_dir)
-        refuse_existing([out_dir / name for name in EVALUATION_FILES], overwrite)
+        refuse_existing([out_dir / name for name in EVALUATION_FILES], options.overwrite)
     weights = resolve(weights)
-    names, source = resolve_split(weights, data_dir, split, splits_file)
+    names, source = resolve_split(weights, data_dir, options.split, options.splits_file)
     if not names:
-        raise ValueError(f"split {split!r} is empty")
+        raise UsageError(f"split {options.split!r} is empty")
     by_name = {sample.name: sample for sample in find_pairs(data_dir)}
     missing = [name for name in names if name not in by_name]
     if missing:
-        raise ValueError(f"{len(missing)} images of the split are not in {data_dir}, e.g. {missing[0]!r}")
+        raise UsageError(f"{len(missing)} images of the split are not in {data_dir}, e.g. {missing[0]!r}")
     image_size = weights.config.input_size
     pairs = load_pairs([by_name[name] for name in names], image_size)
     boxes = read_truth_boxes(data_dir, image_size)
-    predictor = evaluation_predictor(weights, tta, decoder_concat, threshold)
+    predictor = evaluation_predictor(weights, options.tta, options.decoder_concat, options.threshold)
     model = predictor.backend.model  # type: ignore[attr-defined]  # evaluation runs the U-Net (TorchBackend)
-    result = evaluate(predictor, pairs, batch_size, weights.config.boundary_width_px, truth_boxes=boxes)
+    result = evaluate(predictor, pairs, options.batch_size, weights.config.boundary_width_px, truth_boxes=boxes)
     detection_truth = "bounding-box file" if boxes is not None else "mask regions"
-    report = EvaluationReport(result, split, source, len(names), detection_truth, tta, weights=weights)
+    report = EvaluationReport(result, options.split, source, len(names), detection_truth, options.tta, weights=weights)
     report.data, report.image_size, report.dataset = str(data_dir), image_size, Path(data_dir).resolve().name
-    report.decoder_concat, report.threshold = model.decoder_concat, threshold
+    report.decoder_concat, report.threshold = model.decoder_concat, predictor.threshold
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {
             "weights": str(weights.path),
             "data": str(data_dir),
-            "split": split,
+            "split": options.split,
             "split_source": source,
             "images": len(names),
             "detection_truth": detection_truth,
             "image_size": image_size,
-            "tta": tta,
+            "tta": options.tta,
             "task": task_of(model.num_classes),
             "decoder_concat": model.decoder_concat,
-            **({"threshold": threshold} if model.num_classes == 1 else {}),
+            **({"threshold": predictor.threshold} if model.num_classes == 1 else {}),
             "metrics": {key: round(value, 6) for key, value in result.metrics.items()},
         }
         if "lit_mean_dice" in result.metrics:
@@ -267,45 +307,30 @@ def run_evaluations(
     weights: WeightsLike,
     data_dirs: Sequence[str | Path],
     out_dir: str | Path | None,
-    split: str = "test",
-    splits_file: str | Path | None = None,
-    batch_size: int = 8,
-    overwrite: bool = False,
-    tta: bool = False,
-    decoder_concat: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
+    options: EvaluationOptions = EvaluationOptions(),
 ) -> list[tuple[str, EvaluationReport]]:
     """Evaluate weights on several dataset folders; returns ``(name, report)`` per folder, in order.
 
-    The dataset the weights were trained on (:func:`is_training_dataset`) is scored on ``split`` (with
-    ``splits_file``, as :func:`run_evaluation`); every other folder is scored whole (``split="all"``).
-    With ``out_dir``, each dataset's ``metrics.json`` and ``per_image.csv`` go to ``out_dir/<name>/``
-    (``<name>``: the folder's name) and the table of the literature measures to ``out_dir/literature.csv``.
-    Existing reports are refused before anything is scored, unless ``overwrite``.
+    The dataset the weights were trained on (:func:`is_training_dataset`) is scored on ``options.split``
+    (with ``options.splits_file``, as :func:`run_evaluation`); every other folder is scored whole
+    (``split="all"``). With ``out_dir``, each dataset's ``metrics.json`` and ``per_image.csv`` go to
+    ``out_dir/<name>/`` (``<name>``: the folder's name) and the table of the literature measures to
+    ``out_dir/literature.csv``. Existing reports are refused before anything is scored, unless
+    ``options.overwrite``.
     """
     if not data_dirs:
-        raise ValueError("no dataset folder to evaluate")
+        raise UsageError("no dataset folder to evaluate")
     names = dataset_names(data_dirs)
     if out_dir is not None:
         targets = [Path(out_dir) / LITERATURE_CSV]
         targets += [Path(out_dir) / name / file for name in names for file in EVALUATION_FILES]
-        refuse_existing(targets, overwrite)
+        refuse_existing(targets, options.overwrite)
     weights = resolve(weights)
+    whole = replace(options, split="all", splits_file=None)
     rows = []
     for name, data_dir in zip(names, data_dirs, strict=True):
-        training_data = is_training_dataset(data_dir, weights)
-        report = run_evaluation(
-            weights,
-            data_dir,
-            None if out_dir is None else Path(out_dir) / name,
-            split=split if training_data else "all",
-            splits_file=splits_file if training_data else None,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            tta=tta,
-            decoder_concat=decoder_concat,
-            threshold=threshold,
-        )
+        scored = options if is_training_dataset(data_dir, weights) else whole
+        report = run_evaluation(weights, data_dir, None if out_dir is None else Path(out_dir) / name, scored)
         report.dataset = name
         rows.append((name, report))
     if out_dir is not None:

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from polypseg.classes import DEFAULT_THRESHOLD, mask_to_classes
+from polypseg.classes import mask_to_classes
 from polypseg.data import find_pairs, load_pairs
+from polypseg.errors import InputError
 from polypseg.evaluation.evaluate import EvaluationReport, evaluation_predictor
 from polypseg.files import atomic_save
 from polypseg.inference import CLASS_PALETTE
@@ -98,7 +99,7 @@ def plot_worst_cases(
     scores: dict[str, float] | None = None,
     tta: bool = False,
     decoder_concat: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
 ) -> Path:
     """Image, ground truth and prediction (class maps) of ``names``, one row each, at the evaluation resolution.
 
@@ -114,7 +115,8 @@ def plot_worst_cases(
         scores: Polyp Dice per name, shown in the row titles.
         tta: Predict with flip test-time augmentation, as ``polypseg evaluate --tta`` did.
         decoder_concat: The decoder concatenation order (see :func:`polypseg.load_pretrained`).
-        threshold: Binary weights: polyp where the sigmoid probability is at least this.
+        threshold: Binary weights: polyp where the sigmoid probability is at least this (``None``: the
+            threshold recorded with the weights).
     """
     weights = resolve(weights)
     by_name = {sample.name: sample for sample in find_pairs(data_dir)}
@@ -167,12 +169,12 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
     """Loss (train and validation), validation Dice and learning rate per epoch, from a run's ``metrics.csv``.
 
     Raises:
-        ValueError: ``metrics.csv`` has no epochs.
+        InputError: ``metrics.csv`` has no epochs.
     """
     with Path(metrics_csv).open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
-        raise ValueError(f"{metrics_csv}: no epochs to plot")
+        raise InputError(metrics_csv, "no epochs to plot")
     epochs = _column(rows, "epoch")
     figure = _figure(13.0, 3.8)
     loss, dice, lr = figure.subplots(1, 3)

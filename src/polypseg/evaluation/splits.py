@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from polypseg.data import find_pairs, load_splits, make_splits
+from polypseg.errors import InputError, UsageError
 from polypseg.files import expand_inputs
 from polypseg.weights import WeightsLike, resolve
 
@@ -51,7 +52,7 @@ def read_truth_boxes(data_dir: str | Path, image_size: int) -> dict[str, list[tu
                 for b in entry["bbox"]
             ]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path}: not a bounding-box file of the Kvasir-SEG format ({error})") from None
+        raise InputError(path, f"not a bounding-box file of the Kvasir-SEG format ({error})") from None
     return boxes
 
 
@@ -68,7 +69,7 @@ def resolve_split(
     if split == "all":
         return names, "all images in the folder"
     if split not in ("train", "val", "test"):
-        raise ValueError(f"--split must be train, val, test or all, got {split!r}")
+        raise UsageError(f"--split must be train, val, test or all, got {split!r}")
     weights = resolve(weights)
     if splits_file is None:
         # A run folder keeps splits.json beside best/; a pushed Hub repository keeps it beside the weights.
@@ -127,6 +128,6 @@ def calibration_paths(
         by_name = {sample.name: sample.image_path for sample in find_pairs(data_dir)}
         paths = [by_name[name] for name in names]
     if not paths:
-        raise ValueError(f"{folder or data_dir}: no calibration images")
+        raise InputError(folder or data_dir, "no calibration images")
     step = max(len(paths) // count, 1)
     return paths[::step][:count]

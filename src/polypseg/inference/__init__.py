@@ -1,6 +1,6 @@
 """Inference: the Predictor (the one way to run the network), files and video through it, and their outputs.
 
-* :mod:`~polypseg.inference.predictor`: :class:`Predictor`, :class:`Prediction`.
+* :mod:`~polypseg.inference.predictor`: :class:`Predictor`, :class:`Prediction`, :func:`decision_threshold`.
 * :mod:`~polypseg.inference.outputs`: palette class map, mask and overlay of one image, output names.
 * :mod:`~polypseg.inference.streaming`: :func:`predict_files` (``polypseg predict`` on images).
 * :mod:`~polypseg.inference.video`: :func:`~polypseg.inference.video.predict_videos` (videos; needs PyAV).
@@ -26,6 +26,7 @@ from polypseg.inference.predictor import (
     PolypRegion,
     Prediction,
     Predictor,
+    decision_threshold,
     validate_batch_size,
     validate_opacity,
     validate_threshold,
@@ -43,6 +44,7 @@ __all__ = [
     "Prediction",
     "PredictionSummary",
     "Predictor",
+    "decision_threshold",
     "expand_inputs",
     "find_polyps",
     "output_stems",

@@ -23,17 +23,19 @@ import torch.nn.functional as F
 from polypseg.classes import DEFAULT_THRESHOLD, classes_to_mask, logits_to_classes, polyp_probability
 from polypseg.deploy.backends import Backend, TorchBackend
 from polypseg.deploy.runtime import load_backend
+from polypseg.errors import UsageError, WeightsError
 from polypseg.images import network_input
 from polypseg.metrics import PolypRegion, find_polyps
 from polypseg.model import UNet
 from polypseg.tta import flip_tta
-from polypseg.weights import WeightsLike, resolve
+from polypseg.weights import Weights, WeightsLike, resolve
 
 __all__ = [
     "DEFAULT_INPUT_SIZE",
     "PolypRegion",
     "Prediction",
     "Predictor",
+    "decision_threshold",
     "validate_batch_size",
     "validate_opacity",
     "validate_threshold",
@@ -44,24 +46,56 @@ DEFAULT_INPUT_SIZE = 256
 
 
 def validate_batch_size(batch_size: object) -> int:
-    """``batch_size`` if it is a whole number of at least 1, else a one-line ``ValueError``."""
+    """``batch_size`` if it is a whole number of at least 1, else a one-line :class:`~polypseg.errors.UsageError`."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-        raise ValueError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+        raise UsageError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
     return int(batch_size)
 
 
 def validate_threshold(threshold: object) -> float:
-    """``threshold`` if it is a number from 0 to 1, else a one-line ``ValueError``."""
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.number) or not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be a number from 0 to 1, got {threshold!r}")
+    """``threshold`` if it is a number from 0 to 1, else a one-line :class:`~polypseg.errors.UsageError`."""
+    if not _is_fraction(threshold):
+        raise UsageError(f"threshold must be a number from 0 to 1, got {threshold!r}")
     return float(threshold)
 
 
 def validate_opacity(opacity: object) -> float:
-    """``opacity`` if it is a number from 0 to 1, else a one-line ``ValueError``."""
-    if isinstance(opacity, bool) or not isinstance(opacity, int | float | np.number) or not 0 <= opacity <= 1:
-        raise ValueError(f"opacity must be a number from 0 to 1, got {opacity!r}")
+    """``opacity`` if it is a number from 0 to 1, else a one-line :class:`~polypseg.errors.UsageError`."""
+    if not _is_fraction(opacity):
+        raise UsageError(f"opacity must be a number from 0 to 1, got {opacity!r}")
     return float(opacity)
+
+
+def _is_fraction(value: object) -> bool:
+    """Whether ``value`` is a number (not a bool) from 0 to 1; NaN is not."""
+    return not isinstance(value, bool) and isinstance(value, int | float | np.number) and 0 <= value <= 1
+
+
+def decision_threshold(weights: Weights, threshold: float | None = None) -> float:
+    """The binary decision threshold to use with ``weights``: ``threshold`` where given, else the recorded one.
+
+    The one place where "the threshold recorded with the weights" is read: the ``threshold`` of their
+    ``config.json`` (:attr:`polypseg.config.WeightsConfig.threshold`; 0.5 where none is recorded). Only
+    binary weights (one output channel) use it; 3-class weights take the argmax.
+
+    Args:
+        weights: Resolved weights (:func:`polypseg.weights.resolve`).
+        threshold: A threshold from 0 to 1 that wins over the recorded one; ``None``: the recorded one.
+
+    Raises:
+        UsageError: ``threshold`` is not a number from 0 to 1.
+        WeightsError: The recorded threshold is not a number from 0 to 1 (the message names ``config.json``).
+
+    Example:
+        >>> decision_threshold(resolve(None))  # the bundled (3-class) model records none
+        0.5
+    """
+    if threshold is not None:
+        return validate_threshold(threshold)
+    recorded = weights.config.threshold
+    if not _is_fraction(recorded):
+        raise WeightsError(f"{weights.config.path}: 'threshold' must be a number from 0 to 1, got {recorded!r}")
+    return recorded
 
 
 @dataclass
@@ -103,7 +137,8 @@ class Predictor:
         tta: Flip test-time augmentation (:func:`polypseg.tta.flip_tta`): average the predictions of the
             image and its horizontal, vertical and double flips. Four times the inference time.
         threshold: Binary models (one output channel): polyp where the sigmoid probability is at least
-            this, from 0 to 1. Not used by 3-class models (argmax).
+            this, from 0 to 1. Not used by 3-class models (argmax). :meth:`from_pretrained` defaults it to
+            the threshold recorded with the weights.
 
     Example:
         >>> predictor = Predictor.from_pretrained()  # the bundled model
@@ -122,12 +157,8 @@ class Predictor:
         tta: bool = False,
         threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
-        if (
-            isinstance(min_polyp_fraction, bool)
-            or not isinstance(min_polyp_fraction, int | float | np.number)
-            or not 0 <= min_polyp_fraction <= 1
-        ):
-            raise ValueError(f"minimum polyp fraction must be a number from 0 to 1, got {min_polyp_fraction!r}")
+        if not _is_fraction(min_polyp_fraction):
+            raise UsageError(f"minimum polyp fraction must be a number from 0 to 1, got {min_polyp_fraction!r}")
         self.threshold = validate_threshold(threshold)
         self.backend: Backend = TorchBackend(model, precision, device) if isinstance(model, UNet) else model
         self.image_size = image_size
@@ -144,6 +175,7 @@ class Predictor:
         tta: bool = False,
         images: int | None = None,
         decoder_concat: str | None = None,
+        threshold: float | None = None,
         **kwargs: object,
     ) -> Predictor:
         """Load weights (see :func:`polypseg.load_pretrained`; ``None`` is the bundled model).
@@ -159,11 +191,14 @@ class Predictor:
                 or many), so that a first export is made only where it pays.
             decoder_concat: The decoder's concatenation order, ``"skip-up"`` or ``"up-skip"``, for weights
                 whose ``config.json`` does not say it (see :func:`polypseg.load_pretrained`).
-            **kwargs: Passed to the constructor (``min_polyp_fraction``, ``device``, ``threshold``).
+            threshold: Binary weights: polyp where the sigmoid probability is at least this; ``None``: the
+                threshold recorded with the weights (:func:`decision_threshold`; 0.5 where none is).
+            **kwargs: Passed to the constructor (``min_polyp_fraction``, ``device``).
         """
         weights = resolve(weights)
+        chosen = decision_threshold(weights, threshold)
         loaded = load_backend(weights, backend, precision, images, decoder_concat=decoder_concat)
-        return cls(loaded, image_size=weights.config.input_size, tta=tta, **kwargs)  # type: ignore[arg-type]
+        return cls(loaded, image_size=weights.config.input_size, tta=tta, threshold=chosen, **kwargs)  # type: ignore[arg-type]
 
     def network_input(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(H, W, 3) uint8 RGB images -> the network's input batch (:func:`polypseg.images.network_input`)."""
