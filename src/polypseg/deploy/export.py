@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from polypseg.classes import class_names_for, task_of
-from polypseg.config import CONFIG_NAME
 from polypseg.files import atomic_write_text
 from polypseg.images import network_input, read_image
 from polypseg.model import UNet
 from polypseg.weights import WeightsLike, load_pretrained, resolve
+from polypseg.weights.config import CONFIG_NAME
 
 __all__ = ["FORMATS", "INT8_OPTIONS", "ExportReport", "export_model", "export_onnx", "quantize_int8"]
 

@@ -2,7 +2,7 @@
 
 The split comes from ``--splits FILE``, else from the ``splits.json`` of the run the weights belong to,
 else it is recomputed from the seed and split sizes recorded in the weights' ``config.json`` (the same
-deterministic split training made, :meth:`polypseg.config.WeightsConfig.training_split`).
+deterministic split training made, :meth:`polypseg.weights.config.WeightsConfig.training_split`).
 """
 
 from __future__ import annotations

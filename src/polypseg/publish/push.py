@@ -7,9 +7,9 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 
-from polypseg.config import CONFIG_NAME, WEIGHTS_NAME
 from polypseg.publish.card import CARD_NAME, model_card
 from polypseg.weights import WeightsLike, load_pretrained, resolve
+from polypseg.weights.config import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = ["push_to_hub"]
 

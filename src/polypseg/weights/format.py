@@ -29,9 +29,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from polypseg.classes import DEFAULT_BOUNDARY_WIDTH_PX, class_names_for, task_of
-from polypseg.config import CONFIG_NAME, WEIGHTS_NAME, WeightsError
+from polypseg.errors import WeightsError
 from polypseg.files import atomic_save, atomic_write_text
 from polypseg.model import DECODER_CONCATS, UNet
+from polypseg.weights.config import CONFIG_NAME, WEIGHTS_NAME
 from polypseg.weights.foreign import expected_shapes, map_foreign_state_dict_with_notes
 from polypseg.weights.reference import WeightsLike, resolve
 

@@ -23,9 +23,9 @@ from huggingface_hub.utils import (
     RevisionNotFoundError,
 )
 
-from polypseg.config import WEIGHTS_NAME
 from polypseg.errors import WeightsError, one_line
 from polypseg.version import __version__
+from polypseg.weights.config import WEIGHTS_NAME
 
 __all__ = ["CARD_REPO", "HUB_PREFIX", "HubReference", "download_weights", "parse_hub_reference"]
 
