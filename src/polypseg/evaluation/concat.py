@@ -13,6 +13,7 @@ from pathlib import Path
 
 from polypseg.classes import DEFAULT_THRESHOLD
 from polypseg.data import find_pairs, load_pairs
+from polypseg.errors import UsageError
 from polypseg.evaluation.evaluate import evaluate, evaluation_predictor
 from polypseg.model import DECODER_CONCATS
 from polypseg.weights import WeightsLike, resolve
@@ -52,12 +53,12 @@ def score_concat_orders(
     image) at the weights' input size.
 
     Raises:
-        ValueError: The folder holds no labelled images.
+        UsageError: The folder holds no labelled images.
     """
     weights = resolve(weights)
     samples = find_pairs(data_dir)
     if not samples:
-        raise ValueError(f"{data_dir}: no labelled images (images/ and masks/)")
+        raise UsageError(f"{data_dir}: no labelled images (images/ and masks/)")
     step = max(len(samples) / max_images, 1.0)
     picked = [samples[int(i * step)] for i in range(min(max_images, len(samples)))]
     pairs = load_pairs(picked, weights.config.input_size)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from polypseg.data import find_pairs, load_splits, make_splits
+from polypseg.errors import InputError, UsageError, one_line
 from polypseg.files import expand_inputs
 from polypseg.weights import WeightsLike, resolve
 
@@ -42,7 +43,7 @@ def read_truth_boxes(data_dir: str | Path, image_size: int) -> dict[str, list[tu
     else:
         return None
     try:
-        entries = json.loads(path.read_text())
+        entries = json.loads(path.read_text(encoding="utf-8"))
         boxes = {}
         for image, entry in entries.items():
             sx, sy = image_size / float(entry["width"]), image_size / float(entry["height"])
@@ -50,8 +51,9 @@ def read_truth_boxes(data_dir: str | Path, image_size: int) -> dict[str, list[tu
                 (round(b["xmin"] * sx), round(b["ymin"] * sy), round(b["xmax"] * sx), round(b["ymax"] * sy))
                 for b in entry["bbox"]
             ]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path}: not a bounding-box file of the Kvasir-SEG format ({error})") from None
+    # The file as read, and each entry's fields: not JSON, not UTF-8, a missing key, a string or 0 for a number.
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError, RecursionError) as error:
+        raise InputError(path, f"not a bounding-box file of the Kvasir-SEG format ({one_line(error)})") from None
     return boxes
 
 
@@ -68,7 +70,7 @@ def resolve_split(
     if split == "all":
         return names, "all images in the folder"
     if split not in ("train", "val", "test"):
-        raise ValueError(f"--split must be train, val, test or all, got {split!r}")
+        raise UsageError(f"--split must be train, val, test or all, got {split!r}")
     weights = resolve(weights)
     if splits_file is None:
         # A run folder keeps splits.json beside best/; a pushed Hub repository keeps it beside the weights.
@@ -125,8 +127,11 @@ def calibration_paths(
     else:
         names, _ = resolve_split(weights, data_dir, "train", None)
         by_name = {sample.name: sample.image_path for sample in find_pairs(data_dir)}
+        unknown = [name for name in names if name not in by_name]
+        if unknown:
+            raise UsageError(f"{data_dir}: {len(unknown)} training split names are not in it, e.g. {unknown[0]!r}")
         paths = [by_name[name] for name in names]
     if not paths:
-        raise ValueError(f"{folder or data_dir}: no calibration images")
+        raise UsageError(f"{folder or data_dir}: no calibration images")
     step = max(len(paths) // count, 1)
     return paths[::step][:count]

@@ -14,7 +14,7 @@ from typing import Any
 
 from polypseg.classes import DEFAULT_THRESHOLD, TASKS
 from polypseg.config import TrainConfig
-from polypseg.errors import WeightsError
+from polypseg.errors import UsageError, WeightsError, one_line
 from polypseg.model import DECODER_CONCATS
 
 __all__ = [
@@ -69,11 +69,12 @@ class WeightsConfig:
         if not path.exists():
             return cls({}, None)
         try:
-            if path.stat().st_size > MAX_CONFIG_BYTES:
-                raise ValueError("larger than 10 MB")
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8
-            raise WeightsError(f"{path}: not valid JSON ({' '.join(str(error).split())[:200]})") from None
+            too_large = path.stat().st_size > MAX_CONFIG_BYTES
+            raw = None if too_large else json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON, not UTF-8, a huge integer
+            raise WeightsError(f"{path}: not valid JSON ({one_line(error)[:200]})") from None
+        if too_large:
+            raise WeightsError(f"{path}: not valid JSON (larger than 10 MB)")
         if not isinstance(raw, dict):
             raise WeightsError(f"{path}: must hold a JSON object")
         _check_weights_config(raw, path)
@@ -144,15 +145,15 @@ class WeightsConfig:
         The other fields take their defaults; the split is the one training made from these.
 
         Raises:
-            ValueError: A recorded setting is not valid (named, with this file).
+            WeightsError: A recorded setting is not valid (named, with this file).
         """
         try:
             training = self.raw.get("training", {}).get("config") or {}
             return TrainConfig().updated(
                 **{key: training[key] for key in ("split_sizes", "seed", "max_images") if key in training}
             )
-        except (TypeError, ValueError, AttributeError) as error:
-            raise ValueError(f"{self.path or CONFIG_NAME}: training.config: {error}") from None
+        except (TypeError, UsageError, AttributeError) as error:  # TypeError, AttributeError: not a mapping
+            raise WeightsError(f"{self.path or CONFIG_NAME}: training.config: {one_line(error)}") from None
 
 
 def _check_weights_config(config: dict[str, Any], path: Path) -> None:
