@@ -9,7 +9,11 @@ import sys
 
 import pytest
 
+from polypseg.apps import cli_models
 from polypseg.apps.cli import main
+from polypseg.data import DatasetError
+from polypseg.errors import InputError, MissingExtraError, UsageError, WeightsError
+from polypseg.training import CheckpointError
 from polypseg.weights import save_pretrained
 
 
@@ -320,3 +324,57 @@ def test_evaluate_builds_one_options_object_for_one_or_several_datasets(monkeypa
         main(["evaluate", "--batch-size", "0"])
     assert "--batch-size: expected a whole number of at least 1" in capsys.readouterr().err
     assert len(calls) == 3
+
+
+# --- which errors are one line: what a user gave (PolypsegError), and OSError; a bug keeps its traceback ---
+
+
+def _raising(error: BaseException):
+    def handler(args):  # type: ignore[no-untyped-def]
+        raise error
+
+    return handler
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug in numpy"), RuntimeError("a bug in torch")])
+def test_a_bug_in_a_command_keeps_its_traceback(monkeypatch, tmp_path, capsys, error):
+    monkeypatch.setattr(cli_models, "_data_download", _raising(error))
+    with pytest.raises(type(error), match="a bug"):
+        main(["data", "download", "kvasir-seg", "--dest", str(tmp_path)])
+    assert "error:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UsageError("--max-size-gb must be positive, got 0.0"),
+        InputError("/data/a\nb.jpg", "not an image file Pillow can read"),
+        WeightsError("w/model.safetensors: tensor 'head.0.weight' is missing"),
+        MissingExtraError("video input needs PyAV (No module named 'av'): pip install 'polypseg[video]'"),
+        DatasetError("/data/images: no images (.jpg)"),
+        CheckpointError("run/checkpoints/last.ckpt: checkpoint not found"),
+        FileNotFoundError("/data: no such folder"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_what_a_user_gave_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys, error):
+    monkeypatch.setattr(cli_models, "_data_download", _raising(error))
+    assert main(["data", "download", "kvasir-seg", "--dest", str(tmp_path)]) == 2
+    assert one_line_error(capsys) == f"polypseg data: error: {error}"
+
+
+def test_a_missing_extra_names_its_pip_install(tiny_weights, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    args = ["predict", "--weights", str(tiny_weights), str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("polypseg predict: error: video input needs PyAV"), err
+    assert err.endswith("pip install 'polypseg[video]'"), err
+
+
+def test_the_web_demo_without_gradio_names_its_pip_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    assert main(["demo", "--web"]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("polypseg demo: error: the web demo needs Gradio"), err
+    assert err.endswith("pip install 'polypseg[demo]'"), err

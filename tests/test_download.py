@@ -17,6 +17,7 @@ from PIL import Image
 from polypseg.apps.cli import main
 from polypseg.apps.download import download_kvasir_seg, safe_extract
 from polypseg.data import find_pairs
+from polypseg.errors import InputError
 
 NAMES = ("cju0a", "cju0b", "cju0c")
 
@@ -347,3 +348,49 @@ def test_stale_staging_folders_are_removed_by_the_next_run(archive_server, tmp_p
         download_kvasir_seg(dest, url=archive_server.url, progress=False)
     assert len(find_pairs(dest / "kvasir-seg")) == 3
     assert not (dest / ".kvasir-seg.old-999999999").exists()
+
+
+# --- damaged archives and URLs that are not URLs: one line, never a traceback --------------------------
+
+
+def _damaged_zip(compression: int) -> bytes:
+    """An archive whose first member's data are overwritten (its directory and headers stay intact)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        archive.writestr("Kvasir-SEG/images/a.bin", bytes(range(256)) * 64)
+    data = bytearray(buffer.getvalue())
+    start = 30 + len("Kvasir-SEG/images/a.bin")  # the local header, then the member's data
+    data[start + 4 : start + 40] = b"\xff" * 36
+    return bytes(data)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA])
+def test_damaged_archive_data_is_one_line_and_deleted(tmp_path, capsys, compression):
+    server = ArchiveServer(_damaged_zip(compression))
+    try:
+        assert main(["data", "download", "kvasir-seg", "--dest", str(tmp_path), "--url", server.url]) == 2
+    finally:
+        server.close()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "corrupt zip archive" in err and "the download was deleted" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encrypted_member_is_refused_before_extracting(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as handle:
+        handle.writestr("secret.txt", "data")
+    data = bytearray(buffer.getvalue())
+    for flags in (6, data.index(b"PK\x01\x02") + 8):  # the local header's and the directory's general flags
+        data[flags] |= 0x1  # "encrypted": zipfile would raise RuntimeError when reading the member
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="secret.txt.*encrypted"):
+        safe_extract(archive, tmp_path / "out")
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp//x/kvasir-seg.zip", "http://127.0.0.1:port/kvasir-seg.zip"])
+def test_a_url_that_is_not_one_is_one_line(tmp_path, capsys, url):
+    assert main(["data", "download", "kvasir-seg", "--dest", str(tmp_path), "--url", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"polypseg data: error: --url {url}: ") and len(err.splitlines()) == 1, err

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import numpy as np
 import pytest
 
 from polypseg.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, installed_backends
-from polypseg.deploy.export import INT8_OPTIONS, export_model, quantize_int8
+from polypseg.deploy.export import INT8_OPTIONS, _export_openvino, export_model, quantize_int8
+from polypseg.errors import MissingExtraError, WeightsError
 from polypseg.evaluation.parity import export_parity
 from polypseg.images import network_input, read_image
 from polypseg.weights import load_pretrained, save_pretrained
@@ -102,6 +105,35 @@ def test_int8_uses_full_bias_correction_on_every_calibration_image(monkeypatch):
 def test_unknown_format(tmp_path):
     with pytest.raises(ValueError, match="format"):
         export_model(None, "tflite", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "module, build",
+    [
+        ("onnxruntime", lambda path: OnnxRuntimeBackend(path)),
+        ("openvino", lambda path: OpenVINOBackend(path)),
+        ("openvino", lambda path: _export_openvino(path / "model.onnx", path, None)),
+        ("nncf", lambda path: quantize_int8(None, np.zeros((1, 3, 16, 16), dtype=np.float32))),
+    ],
+)
+def test_a_missing_runtime_names_the_fast_extra(tmp_path, monkeypatch, module, build):
+    monkeypatch.setitem(sys.modules, module, None)  # `import MODULE` raises ImportError
+    with pytest.raises(MissingExtraError, match=re.escape("pip install 'polypseg[fast]'")) as caught:
+        build(tmp_path)
+    assert isinstance(caught.value, ImportError) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "backend, name",
+    [(OnnxRuntimeBackend, "model.onnx"), (OpenVINOBackend, "model.xml"), (OpenVINOBackend, "model.onnx")],
+)
+def test_a_damaged_model_file_is_one_line_naming_it(tmp_path, backend, name):
+    (tmp_path / name).write_bytes(b"<net> not a model")
+    with pytest.raises(WeightsError, match=f"{name}: .* cannot load this model") as caught:
+        backend(tmp_path / name)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        backend(tmp_path / "missing.onnx")
 
 
 def test_network_input_matches_training_resize(write_image, tmp_path):

@@ -209,7 +209,19 @@ def test_parse_hub_reference(uri, repo, revision, filename):
     assert (reference.repo_id, reference.revision, reference.filename) == (repo, revision, filename)
 
 
-@pytest.mark.parametrize("uri", ["hf://owner", "hf://datasets/owner/repo", "hf://owner/repo/../x", "hf://a b/c"])
+@pytest.mark.parametrize(
+    "uri",
+    # The last three pass our pattern but not the Hub's rules (huggingface_hub's HFValidationError).
+    [
+        "hf://owner",
+        "hf://datasets/owner/repo",
+        "hf://owner/repo/../x",
+        "hf://a b/c",
+        "hf://a--b/c",
+        "hf://-a/b",
+        f"hf://owner/{'x' * 100}",
+    ],
+)
 def test_bad_hub_reference_is_one_line(uri):
     with pytest.raises(WeightsError, match="hf://") as error:
         parse_hub_reference(uri)
@@ -349,6 +361,15 @@ def test_push_refuses_weights_that_do_not_load(stand_in_hub, tmp_path, capsys):
     assert main(["push", "--weights", str(tmp_path / "broken"), "--repo", OWNER_REPO]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
     assert not any(method == "POST" for method, _ in stand_in_hub.requests)
+
+
+@pytest.mark.parametrize("repo", ["owner", "a--b/c", "owner/-repo"])
+def test_push_to_a_repository_name_the_hub_refuses_is_one_line(stand_in_hub, tiny_unet, tmp_path, capsys, repo):
+    folder = save_pretrained(tiny_unet, tmp_path / "weights")
+    assert main(["push", "--weights", str(folder), "--repo", repo]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("polypseg push: error: --repo") and len(err.splitlines()) == 1, err
+    assert stand_in_hub.requests == []
 
 
 def test_push_of_a_run_uploads_its_splits(stand_in_hub, tiny_unet, tmp_path):

@@ -172,6 +172,33 @@ def test_cli_card_bad_metrics_is_one_line(run_dir, tmp_path, capsys, content):
     assert len(err.splitlines()) == 1 and "metrics.json" in err
 
 
+@pytest.mark.parametrize("content", [b'{"metrics": {}, "split": "\xff"}', b'{"metrics": ' + b"1" * 5000 + b"}"])
+def test_cli_card_metrics_json_json_cannot_read_is_one_line(run_dir, tmp_path, capsys, content):
+    bad = tmp_path / "metrics.json"
+    bad.write_bytes(content)  # not UTF-8; an integer over Python's 4300 digits (a ValueError of json)
+    assert main(["card", "--weights", str(run_dir), "--metrics", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}: cannot read JSON" in err, err
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("config.yaml", b"seed: 7\nrun_id: 2020-13-45\n"),  # a ValueError of PyYAML
+        ("metrics.csv", b"epoch,seconds\n0,\xff\n"),
+        ("splits.json", b"\xff"),
+    ],
+)
+def test_cli_card_of_a_run_with_a_damaged_file_is_one_line(tiny_unet, tmp_path, capsys, name, content):
+    run = tmp_path / "run"
+    save_pretrained(tiny_unet, run / "best")  # no training record: the card reads the run's config.yaml
+    save_config(TrainConfig(base_channels=8), run / "config.yaml")
+    (run / name).write_bytes(content)
+    assert main(["card", "--weights", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{run / name}: cannot read" in err, err
+
+
 def test_plain_snippet_in_the_card_runs(run_dir, tiny_unet, monkeypatch):
     usage = _section(model_card(run_dir), "How to use")
     snippet = usage.split("plain snippet works too:\n\n```python\n", 1)[1].split("```", 1)[0]

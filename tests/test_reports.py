@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from polypseg.apps.cli import main
+from polypseg.errors import InputError
 from polypseg.evaluation.reports import DPI, plot_training_curves, worst_cases
 from polypseg.training import EpochCSVLogger
 from polypseg.weights import save_pretrained
@@ -109,3 +110,16 @@ def test_worst_cases_of_a_tta_evaluation_are_drawn_with_tta(tiny_unet, synthetic
     assert calls == []
     reports.plot_worst_cases(weights, data, names, tmp_path / "tta.png", tta=True)
     assert calls == [2] and (tmp_path / "tta.png").exists()
+
+
+@pytest.mark.parametrize(
+    "content, named",
+    [(b"epoch,val_loss\n0,0.5\n1,abc\n", "column 'val_loss'"), (b"epoch\n0\n\xff\n", "cannot read CSV")],
+)
+def test_training_curves_name_a_damaged_metrics_csv(tmp_path, content, named):
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_bytes(content)
+    with pytest.raises(InputError, match=named) as caught:
+        plot_training_curves(metrics, tmp_path / "curves.png")
+    assert caught.value.path == metrics and "\n" not in str(caught.value)
+    assert not (tmp_path / "curves.png").exists()

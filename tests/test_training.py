@@ -12,6 +12,7 @@ import yaml
 
 from polypseg.config import TrainConfig, load_config
 from polypseg.data import find_pairs, load_pairs
+from polypseg.errors import InputError
 from polypseg.evaluation import evaluate
 from polypseg.training import SegmentationModule, train
 from polypseg.weights import load_pretrained
@@ -181,6 +182,25 @@ def test_config_yaml_that_is_not_utf8_is_named(tmp_path):
     assert str(caught.value).startswith(f"{path}: ")
 
 
+@pytest.mark.parametrize(
+    "content, named",
+    [
+        (b"epochs: [3\n", "cannot read config"),  # yaml.YAMLError
+        (b"run_id: 2020-13-45\n", "cannot read config: month must be in 1..12"),  # ValueError in PyYAML
+        (b"epochs: !!int ten\n", "cannot read config"),
+        (b"seed: " + b"[" * 5000 + b"]" * 5000 + b"\n", "cannot read config"),  # RecursionError
+        (b"1: 2\n", "keywords must be strings"),  # TypeError from the keyword arguments
+        (b"- epochs\n", "a config must be a mapping"),
+    ],
+)
+def test_config_yaml_that_yaml_cannot_read_is_one_input_error(tmp_path, content, named):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=named) as caught:
+        load_config(path)
+    assert caught.value.path == path and "\n" not in str(caught.value)
+
+
 @pytest.mark.slow
 def test_loss_goes_down_on_real_images(real_subset, tmp_path):
     config = tiny_config(
@@ -293,6 +313,16 @@ def test_init_weights_of_another_width_is_refused(synthetic_dataset, tmp_path):
     with pytest.raises(WeightsError, match="base_channels=16"):
         _init_from_weights(module, "bundled")  # the bundled model is width 16
     _init_from_weights(SegmentationModule(tiny_config(base_channels=16).to_dict()), "bundled")
+
+
+def test_init_weights_for_other_input_channels_is_refused(tmp_path):
+    from polypseg.model import UNet
+    from polypseg.training.train import _init_from_weights
+    from polypseg.weights import WeightsError, save_pretrained
+
+    gray = save_pretrained(UNet(in_channels=1, base_channels=8), tmp_path / "gray")  # loading it raised RuntimeError
+    with pytest.raises(WeightsError, match="in_channels=1"):
+        _init_from_weights(SegmentationModule(tiny_config(base_channels=8).to_dict()), str(gray))
 
 
 @pytest.mark.slow

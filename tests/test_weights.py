@@ -470,6 +470,13 @@ def test_foreign_tensor_of_wrong_shape_is_named(tmp_path):
         load_pretrained(path)
 
 
+def test_foreign_head_kernel_of_even_width_is_named(tmp_path):
+    """A U-Net with a 4x4 head kernel: every tensor has its place, but polypseg's U-Net cannot be built."""
+    path = _save_foreign(_randomise(ForeignUNet(head_kernel_size=4), seed=8), tmp_path / "foreign.safetensors")
+    with pytest.raises(WeightsError, match=r"foreign\.safetensors: tensor 'out\.conv\..*' is a 4-wide head kernel"):
+        load_pretrained(path)
+
+
 def test_foreign_extra_tensor_is_named(tmp_path):
     foreign = _randomise(ForeignUNet(bias=False), seed=7)
     tensors = {k: v.contiguous() for k, v in foreign.state_dict().items()}

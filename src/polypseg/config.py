@@ -1,15 +1,13 @@
-"""Configurations, typed: a training run's (:class:`TrainConfig`, YAML) and a weights folder's (:class:`WeightsConfig`).
+"""A training run's configuration, typed: :class:`TrainConfig` (YAML).
 
 Every run writes its resolved configuration to ``RUN_DIR/config.yaml`` and into every checkpoint, so a
-run can be repeated and a model rebuilt from what it saved. Every weights folder holds ``config.json``
-(architecture, classes, input size, training record); :meth:`WeightsConfig.read` checks it once and
-gives its fields typed, with a polypseg model's defaults where a key is absent.
+run can be repeated and a model rebuilt from what it saved. A weights folder's ``config.json`` is
+:class:`polypseg.weights.config.WeightsConfig`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -19,17 +17,12 @@ from typing import Any
 import yaml
 
 from polypseg.classes import DEFAULT_THRESHOLD, TASKS
-from polypseg.errors import WeightsError
+from polypseg.errors import InputError, UsageError, one_line
 from polypseg.files import atomic_write_text
 from polypseg.model import DECODER_CONCATS
 
 __all__ = [
-    "ARCHITECTURE_KEYS",
     "AUGMENTATIONS",
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-    "WeightsConfig",
-    "WeightsError",
     "RESUMABLE",
     "SCHEDULERS",
     "TrainConfig",
@@ -76,12 +69,12 @@ def _is_number(value: Any) -> bool:
 
 def _check_int(name: str, value: Any, minimum: int, maximum: int) -> None:
     if not _is_int(value) or not minimum <= value <= maximum:
-        raise ValueError(f"{name} must be an integer from {minimum} to {maximum}, got {value!r}")
+        raise UsageError(f"{name} must be an integer from {minimum} to {maximum}, got {value!r}")
 
 
 def _check_number(name: str, value: Any, positive: bool = False) -> None:
     if not _is_number(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+        raise UsageError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -92,20 +85,20 @@ def parse_duration(value: str | float | int) -> float:
         (5400.0, 2700.0, 90.0)
 
     Raises:
-        ValueError: Not a positive duration.
+        UsageError: Not a positive duration.
     """
     if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
+        raise UsageError(f"not a duration: {value!r}")
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
         text = str(value).strip().lower().replace(" ", "")
         parts = re.findall(r"(\d+(?:\.\d+)?)(h|min|m|sec|s)?", text)
         if not text or "".join(number + unit for number, unit in parts) != text:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 60m, 1.5h, 1h30m)")
+            raise UsageError(f"not a duration: {value!r} (use e.g. 90s, 60m, 1.5h, 1h30m)")
         seconds = sum(float(number) * _UNITS[unit or "s"] for number, unit in parts)
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
+        raise UsageError(f"a duration must be positive, got {value!r}")
     return seconds
 
 
@@ -169,41 +162,41 @@ class TrainConfig:
                 try:
                     setattr(self, name, float(value))
                 except ValueError:
-                    raise ValueError(f"{name} must be a number, got {value!r}") from None
+                    raise UsageError(f"{name} must be a number, got {value!r}") from None
         if isinstance(self.augment, bool):
             self.augment = "strong" if self.augment else "none"
         if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+            raise UsageError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+            raise UsageError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+            raise UsageError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.num_classes is not None:
             if not _is_int(self.num_classes) or self.num_classes not in (1, 3):
-                raise ValueError(f"num_classes must be 3 or 1 (binary), got {self.num_classes!r}")
+                raise UsageError(f"num_classes must be 3 or 1 (binary), got {self.num_classes!r}")
             if self.num_classes == 1:
                 self.task = "binary"
             elif self.task == "binary":
-                raise ValueError("task: binary needs num_classes: 1 (or no num_classes), got num_classes: 3")
+                raise UsageError("task: binary needs num_classes: 1 (or no num_classes), got num_classes: 3")
         if self.decoder_concat not in DECODER_CONCATS:
-            raise ValueError(f"decoder_concat must be one of {', '.join(DECODER_CONCATS)}, got {self.decoder_concat!r}")
+            raise UsageError(f"decoder_concat must be one of {', '.join(DECODER_CONCATS)}, got {self.decoder_concat!r}")
         _check_number("threshold", self.threshold)
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be from 0 to 1, got {self.threshold!r}")
+            raise UsageError(f"threshold must be from 0 to 1, got {self.threshold!r}")
         if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+            raise UsageError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         # Numbers are bounded: a hand-edited or hostile config must not build a huge model or run for ever.
         _check_int("epochs", self.epochs, 1, MAX_EPOCHS)
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         _check_int("base_channels", self.base_channels, 2, MAX_BASE_CHANNELS)
         if self.base_channels % 2:
-            raise ValueError(f"base_channels must be even, got {self.base_channels}")
+            raise UsageError(f"base_channels must be even, got {self.base_channels}")
         _check_int("head_kernel_size", self.head_kernel_size, 1, MAX_HEAD_KERNEL_SIZE)
         if self.head_kernel_size % 2 != 1:
-            raise ValueError(f"head_kernel_size must be odd (1, 3, 5 or 7), got {self.head_kernel_size}")
+            raise UsageError(f"head_kernel_size must be odd (1, 3, 5 or 7), got {self.head_kernel_size}")
         _check_int("image_size", self.image_size, 16, MAX_IMAGE_SIZE)
         if self.image_size % 16:
-            raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
+            raise UsageError(f"image_size must be a multiple of 16, got {self.image_size}")
         _check_int("boundary_width_px", self.boundary_width_px, 0, MAX_BOUNDARY_WIDTH_PX)
         _check_int("seed", self.seed, 0, 2**63 - 1)
         if self.max_images is not None:
@@ -217,30 +210,30 @@ class TrainConfig:
             _check_number(name, getattr(self, name))
         _check_number("plateau_factor", self.plateau_factor)
         if not 0.0 < self.plateau_factor < 1.0:
-            raise ValueError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor!r}")
+            raise UsageError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor!r}")
         if self.time_budget is not None:
             self.time_budget = parse_duration(self.time_budget)
         if self.ema_decay is not None:
             if isinstance(self.ema_decay, str):
-                raise ValueError(f"ema_decay must be a number between 0 and 1 (e.g. 0.99), got {self.ema_decay!r}")
+                raise UsageError(f"ema_decay must be a number between 0 and 1 (e.g. 0.99), got {self.ema_decay!r}")
             _check_number("ema_decay", self.ema_decay)
             if not 0.0 < self.ema_decay < 1.0:
-                raise ValueError(f"ema_decay must be between 0 and 1 (e.g. 0.99), got {self.ema_decay!r}")
+                raise UsageError(f"ema_decay must be between 0 and 1 (e.g. 0.99), got {self.ema_decay!r}")
         _check_number("warmup_fraction", self.warmup_fraction)
         if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+            raise UsageError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         if self.train_sizes is not None and not isinstance(self.train_sizes, list):
-            raise ValueError(f"train_sizes must be a list of sizes, got {self.train_sizes!r}")
+            raise UsageError(f"train_sizes must be a list of sizes, got {self.train_sizes!r}")
         for name, size in [("crop_size", self.crop_size), *(("train_sizes", s) for s in self.train_sizes or [])]:
             if size is not None and (not _is_int(size) or size < 16 or size % 16 or size > self.image_size):
-                raise ValueError(
+                raise UsageError(
                     f"{name}: {size!r} must be a multiple of 16 between 16 and image_size ({self.image_size})"
                 )
         sizes = self.split_sizes
         if not isinstance(sizes, (list, tuple)) or len(sizes) != 3:
-            raise ValueError(f"split_sizes needs 3 values (train, val, test), got {sizes!r}")
+            raise UsageError(f"split_sizes needs 3 values (train, val, test), got {sizes!r}")
         if not all(_is_number(v) and v >= 0 for v in sizes):
-            raise ValueError(f"split_sizes must be 3 non-negative numbers (counts or fractions), got {sizes!r}")
+            raise UsageError(f"split_sizes must be 3 non-negative numbers (counts or fractions), got {sizes!r}")
 
     @property
     def out_channels(self) -> int:
@@ -256,7 +249,7 @@ class TrainConfig:
         values = {key: value for key, value in overrides.items() if value is not None}
         unknown = set(values) - {f.name for f in fields(self)}
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+            raise UsageError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **values)
 
     @classmethod
@@ -266,18 +259,22 @@ class TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a YAML config file; missing keys take the card's defaults."""
+    """Read a YAML config file; missing keys take the card's defaults.
+
+    Raises:
+        InputError: The file cannot be read, is not YAML, or holds a setting that cannot be used (named).
+    """
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8
-        raise ValueError(f"{path}: cannot read config: {' '.join(str(error).split())}") from None
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as error:  # ValueError: not UTF-8, a bad date or !!int
+        raise InputError(path, f"cannot read config: {one_line(error)}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: a config must be a mapping of keys to values")
+        raise InputError(path, "a config must be a mapping of keys to values")
     try:
         return TrainConfig.from_dict(values)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: {error}") from None
+    except (TypeError, UsageError) as error:  # TypeError: a key that is not a string
+        raise InputError(path, one_line(error)) from None
 
 
 #: The settings a resumed run may change; everything else is the run's own.
@@ -301,158 +298,3 @@ def resume_conflicts(saved: TrainConfig, given: TrainConfig) -> list[str]:
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write ``config`` as YAML (atomically)."""
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-# --------------------------------------------------------------------------------------------------
-# config.json of a weights folder
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-ARCHITECTURE_KEYS = ("in_channels", "num_classes", "base_channels", "head_kernel_size", "decoder_concat")
-#: Bounds of the integers of ``config.json`` (inclusive); ``input_size`` sides are at most :data:`MAX_INPUT_SIZE`.
-CONFIG_BOUNDS = {
-    "in_channels": (1, 64),
-    "num_classes": (1, 256),
-    "base_channels": (2, 256),
-    "head_kernel_size": (1, 7),
-    "boundary_width_px": (0, 64),
-}
-MAX_INPUT_SIZE = 2048
-#: The largest ``config.json`` read (a hostile file must not take minutes to parse).
-MAX_CONFIG_BYTES = 10_000_000
-
-
-@dataclass(frozen=True)
-class WeightsConfig:
-    """The ``config.json`` of a weights folder, checked once and typed.
-
-    ``raw`` is the file as read (every key, also those polypseg does not know); the properties give the
-    fields polypseg uses, with the defaults of a polypseg model where the file (or the whole file) is absent.
-
-    Example:
-        >>> WeightsConfig({"input_size": [320, 320]}).input_size
-        320
-    """
-
-    raw: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-
-    @classmethod
-    def read(cls, path: str | Path) -> WeightsConfig:
-        """Read and check ``config.json`` (a missing file is an empty config).
-
-        Raises:
-            WeightsError: Not JSON, not an object, over 10 MB, or a number out of its bounds (named).
-        """
-        path = Path(path)
-        if not path.exists():
-            return cls({}, None)
-        try:
-            if path.stat().st_size > MAX_CONFIG_BYTES:
-                raise ValueError("larger than 10 MB")
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8
-            raise WeightsError(f"{path}: not valid JSON ({' '.join(str(error).split())[:200]})") from None
-        if not isinstance(raw, dict):
-            raise WeightsError(f"{path}: must hold a JSON object")
-        _check_weights_config(raw, path)
-        return cls(raw, path)
-
-    @property
-    def architecture(self) -> dict[str, int]:
-        """The U-Net's constructor arguments that the file records (empty for a foreign checkpoint)."""
-        return {key: self.raw[key] for key in ARCHITECTURE_KEYS if key in self.raw}
-
-    @property
-    def decoder_concat(self) -> str | None:
-        """The decoder concatenation order the file records (``None``: not recorded)."""
-        order = self.raw.get("decoder_concat")
-        return order if isinstance(order, str) else None
-
-    @property
-    def num_classes(self) -> int | None:
-        """The output channels the file records (1: the binary variant), where recorded."""
-        classes = self.raw.get("num_classes")
-        return classes if isinstance(classes, int) else None
-
-    @property
-    def task(self) -> str | None:
-        """``"binary"`` or ``"multiclass"`` as recorded (``task``, else from ``num_classes``); ``None`` if neither."""
-        if isinstance(self.raw.get("task"), str):
-            return str(self.raw["task"])
-        return None if self.num_classes is None else ("binary" if self.num_classes == 1 else "multiclass")
-
-    @property
-    def threshold(self) -> float:
-        """The binary variant's decision threshold recorded by training; 0.5 where not recorded."""
-        value = self.raw.get("threshold", DEFAULT_THRESHOLD)
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else DEFAULT_THRESHOLD
-
-    @property
-    def base_channels(self) -> int | None:
-        """The model's width, where recorded."""
-        width = self.raw.get("base_channels")
-        return width if isinstance(width, int) else None
-
-    @property
-    def input_size(self) -> int:
-        """Side of the square network input (the training resolution); 256 where not recorded."""
-        return int(self.raw.get("input_size", [256, 256])[0])
-
-    @property
-    def boundary_width_px(self) -> int:
-        """Width of the boundary class at the input size; 3 where not recorded."""
-        return int(self.raw.get("boundary_width_px", 3))
-
-    @property
-    def training(self) -> dict[str, Any]:
-        """The training record (``config``, ``data_dir``, ``val_metrics``, ...), empty where there is none."""
-        training = self.raw.get("training")
-        return training if isinstance(training, dict) else {}
-
-    @property
-    def trained_on(self) -> str | None:
-        """The dataset folder the weights were trained on, as recorded."""
-        config = self.training.get("config")
-        recorded = config.get("data_dir") if isinstance(config, dict) else None
-        return str(recorded) if recorded else None
-
-    def training_split(self) -> TrainConfig:
-        """The training configuration's split settings (``split_sizes``, ``seed``, ``max_images``).
-
-        The other fields take their defaults; the split is the one training made from these.
-
-        Raises:
-            ValueError: A recorded setting is not valid (named, with this file).
-        """
-        try:
-            training = self.raw.get("training", {}).get("config") or {}
-            return TrainConfig().updated(
-                **{key: training[key] for key in ("split_sizes", "seed", "max_images") if key in training}
-            )
-        except (TypeError, ValueError, AttributeError) as error:
-            raise ValueError(f"{self.path or CONFIG_NAME}: training.config: {error}") from None
-
-
-def _check_weights_config(config: dict[str, Any], path: Path) -> None:
-    def is_int(value: Any, minimum: int, maximum: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum
-
-    # Every number is bounded: a hostile config.json must not build a huge model or run for ever.
-    for key, (minimum, maximum) in CONFIG_BOUNDS.items():
-        if key in config and not is_int(config[key], minimum, maximum):
-            raise WeightsError(f"{path}: '{key}' must be an integer from {minimum} to {maximum}, got {config[key]!r}")
-    if config.get("base_channels", 2) % 2:
-        raise WeightsError(f"{path}: 'base_channels' must be even, got {config['base_channels']!r}")
-    if config.get("head_kernel_size", 1) % 2 != 1:
-        raise WeightsError(f"{path}: 'head_kernel_size' must be odd, got {config['head_kernel_size']!r}")
-    for key, allowed in (("decoder_concat", DECODER_CONCATS), ("task", TASKS)):
-        if key in config and config[key] not in allowed:
-            raise WeightsError(f"{path}: '{key}' must be one of {', '.join(allowed)}, got {config[key]!r}")
-    size = config.get("input_size", [16, 16])
-    if not (
-        isinstance(size, list) and len(size) == 2 and all(is_int(v, 16, MAX_INPUT_SIZE) and v % 16 == 0 for v in size)
-    ):
-        raise WeightsError(
-            f"{path}: 'input_size' must be [height, width], multiples of 16 from 16 to {MAX_INPUT_SIZE}, got {size!r}"
-        )

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from polypseg.errors import PolypsegError, UsageError, one_line
 from polypseg.files import atomic_write_text
 from polypseg.images import IMAGE_SUFFIXES, InputError, read_image, read_mask, resize_image, resize_mask
 
@@ -43,7 +44,7 @@ __all__ = [
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(PolypsegError, ValueError):
     """The dataset folder cannot be used; the message lists every problem found, one per line."""
 
 
@@ -97,9 +98,9 @@ def parse_split_sizes(text: str | Sequence[float]) -> list[float]:
     try:
         values = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
     except (TypeError, ValueError):
-        raise ValueError(f"split sizes need three numbers (train,val,test), got {text!r}") from None
+        raise UsageError(f"split sizes need three numbers (train,val,test), got {text!r}") from None
     if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values):
-        raise ValueError(f"split sizes need three non-negative values (train,val,test), got {text!r}")
+        raise UsageError(f"split sizes need three non-negative values (train,val,test), got {text!r}")
     return values
 
 
@@ -112,7 +113,7 @@ def make_splits(names: Sequence[str], sizes: Sequence[float], seed: int) -> dict
         seed: Seed of the shuffle.
 
     Raises:
-        ValueError: The sizes ask for more samples than there are.
+        UsageError: The sizes ask for more samples than there are.
     """
     ordered = sorted(names)
     total = len(ordered)
@@ -122,7 +123,7 @@ def make_splits(names: Sequence[str], sizes: Sequence[float], seed: int) -> dict
     else:
         train, val, test = (int(v) for v in sizes)
     if train + val + test > total:
-        raise ValueError(f"split sizes {train}/{val}/{test} need {train + val + test} samples, only {total} found")
+        raise UsageError(f"split sizes {train}/{val}/{test} need {train + val + test} samples, only {total} found")
     random.Random(seed).shuffle(ordered)
     return {
         "train": sorted(ordered[:train]),
@@ -140,20 +141,20 @@ def load_splits(path: str | Path) -> dict[str, list[str]]:
     """Read a ``splits.json`` written by :func:`save_splits`.
 
     Raises:
-        ValueError: Naming the file: unreadable, not UTF-8 JSON, not three lists of names, or a name
+        InputError: Naming the file: unreadable, not UTF-8 JSON, not three lists of names, or a name
             that appears twice (in one split or in two: train, val and test must not overlap).
     """
     path = Path(path)
     try:
         splits = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or not UTF-8
-        raise ValueError(f"{path}: cannot read splits ({' '.join(str(error).split())[:200]})") from None
+        raise InputError(path, f"cannot read splits ({one_line(error)[:200]})") from None
     if not isinstance(splits, dict) or not all(isinstance(splits.get(k), list) for k in SPLIT_NAMES):
-        raise ValueError(f"{path}: splits must map 'train', 'val' and 'test' to lists of names")
+        raise InputError(path, "splits must map 'train', 'val' and 'test' to lists of names")
     result = {key: [str(name) for name in splits[key]] for key in SPLIT_NAMES}
     repeated = sorted(name for names in result.values() for name, count in Counter(names).items() if count > 1)
     if repeated:
-        raise ValueError(f"{path}: {len(repeated)} names appear twice in one split, e.g. {repeated[0]!r}")
+        raise InputError(path, f"{len(repeated)} names appear twice in one split, e.g. {repeated[0]!r}")
     seen: dict[str, str] = {}
     shared: dict[str, tuple[str, str]] = {}
     for key, names in result.items():
@@ -164,9 +165,9 @@ def load_splits(path: str | Path) -> dict[str, list[str]]:
     if shared:
         first = min(shared)
         where = " and ".join(shared[first])
-        raise ValueError(
-            f"{path}: train, val and test overlap: {len(shared)} names are in more than one split, "
-            f"e.g. {first!r} (in {where})"
+        raise InputError(
+            path,
+            f"train, val and test overlap: {len(shared)} names are in more than one split, e.g. {first!r} (in {where})",
         )
     return result
 
@@ -184,7 +185,7 @@ class CachedPairs:
         index = {name: i for i, name in enumerate(self.names)}
         unknown = [name for name in names if name not in index]
         if unknown:
-            raise ValueError(f"{len(unknown)} split names are not in the dataset, e.g. {unknown[0]!r}")
+            raise UsageError(f"{len(unknown)} split names are not in the dataset, e.g. {unknown[0]!r}")
         rows = torch.tensor([index[name] for name in names], dtype=torch.long)
         return CachedPairs(list(names), self.images[rows], self.masks[rows])
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from polypseg.errors import UsageError
+
 __all__ = ["NATIVE_BF16_ENV", "cpu_flags", "cpu_supports_bf16", "native_bf16_evidence", "resolve_precision"]
 
 #: Environment variable that overrides the detection of native bf16: ``"1"`` (present) or ``"0"`` (absent).
@@ -47,12 +49,12 @@ def cpu_supports_bf16() -> bool:
     ``POLYPSEG_NATIVE_BF16=1`` or ``=0`` overrides what ``/proc/cpuinfo`` says.
 
     Raises:
-        ValueError: ``POLYPSEG_NATIVE_BF16`` is set to something other than ``0`` or ``1``.
+        UsageError: ``POLYPSEG_NATIVE_BF16`` is set to something other than ``0`` or ``1``.
     """
     override = os.environ.get(NATIVE_BF16_ENV)
     if override is not None and override.strip() != "":
         if override.strip() not in ("0", "1"):
-            raise ValueError(f"{NATIVE_BF16_ENV} must be 0 or 1, got {override!r}")
+            raise UsageError(f"{NATIVE_BF16_ENV} must be 0 or 1, got {override!r}")
         return override.strip() == "1"
     flags = cpu_flags()
     return flags["avx512_bf16"] or flags["amx_bf16"]

@@ -54,8 +54,15 @@ from polypseg.apps.benchmark_report import (
     machine_header,
 )
 from polypseg.apps.benchmark_report import row as _row
-from polypseg.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, installed_backends
+from polypseg.deploy.backends import (
+    FAST_EXTRA,
+    OnnxRuntimeBackend,
+    OpenVINOBackend,
+    TorchBackend,
+    installed_backends,
+)
 from polypseg.deploy.export import export_onnx, quantize_int8
+from polypseg.errors import MissingExtraError, UsageError
 from polypseg.files import atomic_write_text
 from polypseg.images import network_input, read_image
 from polypseg.inference import Predictor, predict_files
@@ -111,7 +118,7 @@ def _timed(function: Any, warmup: int, min_seconds: float, min_repeats: int) -> 
 
 def _backend(case: BenchmarkCase, workdir: Path) -> Any:
     if case.backend not in ("torch", "onnxruntime", "openvino"):
-        raise ValueError(f"unknown backend {case.backend!r}")
+        raise UsageError(f"unknown backend {case.backend!r}")
     torch.manual_seed(0)
     model = UNet(base_channels=case.base_channels).eval()
     if case.backend == "torch":
@@ -122,14 +129,17 @@ def _backend(case: BenchmarkCase, workdir: Path) -> Any:
             backend.model = torch.compile(backend.model)
         return backend
     if case.compile:
-        raise ValueError(f"compile is for the torch backend, not {case.backend!r}")
+        raise UsageError(f"compile is for the torch backend, not {case.backend!r}")
     onnx_path = workdir / f"unet{case.base_channels}.onnx"
     if not onnx_path.exists():
         export_onnx(model, onnx_path)
     if case.backend == "onnxruntime":
         return OnnxRuntimeBackend(onnx_path)
     if case.precision == "int8":  # quantised as `polypseg export --int8` does, on the bundled examples
-        import openvino as ov
+        try:
+            import openvino as ov
+        except ImportError as error:
+            raise MissingExtraError(f"the int8 case needs OpenVINO ({error}): {FAST_EXTRA}") from None
 
         calibration = network_input([read_image(p) for p in sorted(bundled_examples_dir().glob("*.jpg"))], 256)
         quantised = quantize_int8(ov.convert_model(str(onnx_path)), calibration)

@@ -2,8 +2,9 @@
 
 ``polypseg train|evaluate|predict|demo|export|inspect|benchmark|card|push|data``.
 
-Every subcommand parses its arguments and calls one library function; errors in the input become one
-line on stderr and a non-zero exit code.
+Every subcommand parses its arguments and calls one library function. What a user gave that cannot be used
+(:class:`~polypseg.errors.PolypsegError`) and a disk, permission or network failure (``OSError``) become
+one line on stderr and exit code 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 
 from polypseg.apps import cli_models, cli_predict, cli_train
 from polypseg.apps.cli_predict import PredictOptions
+from polypseg.errors import PolypsegError
 
 __all__ = ["PredictOptions", "build_parser", "main"]
 
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return args.handler(args)
-    except (ValueError, OSError, ImportError) as error:  # ImportError: an optional extra is not installed
+    except (PolypsegError, OSError) as error:  # what a user gave, or a disk, permission or network; else a bug
         print(f"polypseg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except (SystemExit, Terminated) as exit_:

@@ -9,6 +9,7 @@ from polypseg.apps.benchmark import format_results, machine_header, run_benchmar
 from polypseg.apps.cli_options import DEFAULT_DATA, WEIGHTS_HELP, add_weights_options, positive_int
 from polypseg.apps.download import DATASETS, KVASIR_SEG_NOTICE, download_kvasir_seg
 from polypseg.deploy.export import export_model
+from polypseg.errors import UsageError
 from polypseg.evaluation import calibration_paths, score_concat_orders
 from polypseg.evaluation.parity import export_parity
 from polypseg.files import atomic_write_text, refuse_existing
@@ -212,8 +213,8 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
 
 def _data_download(args: argparse.Namespace) -> int:
     url = args.url or DATASETS[args.dataset]
-    if not args.max_size_gb > 0:
-        raise ValueError(f"--max-size-gb must be positive, got {args.max_size_gb}")
+    if not 0 < args.max_size_gb < 1 << 20:  # not NaN, not infinite
+        raise UsageError(f"--max-size-gb must be positive, got {args.max_size_gb}")
     limit = int(args.max_size_gb * (1 << 30))
     result = download_kvasir_seg(args.dest, url=url, sha256=args.sha256, force=args.force, max_extracted_bytes=limit)
     print(f"{result.pairs} image/mask pairs in {result.path}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import lzma
 import os
 import shutil
 import stat
@@ -29,12 +30,14 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from polypseg.data import find_pairs
+from polypseg.data import DatasetError, find_pairs
+from polypseg.errors import InputError, UsageError, one_line
 
 __all__ = [
     "DATASETS",
@@ -60,6 +63,9 @@ MAX_COMPRESSION_RATIO = 100
 _RATIO_FLOOR = 1 << 20
 _STAGING_PREFIX = ".kvasir-seg.extract-"
 _OLD_PREFIX = ".kvasir-seg.old-"
+#: What zipfile and its decompressors raise on damaged data: a bad CRC, a truncated or garbled stream, an
+#: unknown compression method.
+_DAMAGED_ZIP = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError)
 
 
 @dataclass
@@ -94,7 +100,9 @@ def download_kvasir_seg(
 
     Raises:
         FileExistsError: ``DEST/kvasir-seg`` exists and ``force`` is false.
-        ValueError: Checksum mismatch, not a zip, unsafe member, or no ``images/`` + ``masks/`` in it.
+        UsageError: ``url`` is not a URL, or ``sha256`` not 64 hexadecimal digits.
+        InputError: Checksum mismatch, not a zip, a corrupt or unsafe member, or no ``images/`` + ``masks/``.
+        DatasetError: The archive's ``images/`` + ``masks/`` folder cannot be used (every problem named).
         OSError: The download failed (the part file is kept; running again resumes it).
     """
     dest = Path(dest)
@@ -109,13 +117,16 @@ def download_kvasir_seg(
     digest = _sha256_of(part)
     try:
         if expected is not None and digest != expected:
-            raise ValueError(f"{url}: SHA-256 mismatch (expected {expected}, got {digest})")
+            raise InputError(url, f"SHA-256 mismatch (expected {expected}, got {digest})")
         if not zipfile.is_zipfile(part):
-            raise ValueError(f"{url}: not a zip archive")
+            raise InputError(url, "not a zip archive")
         pairs = _extract_dataset(part, dest, target, max_extracted_bytes)
-    except ValueError as error:
+    except InputError as error:
         part.unlink(missing_ok=True)
-        raise ValueError(f"{error}; the download was deleted") from None
+        raise InputError(error.path, f"{error.problem}; the download was deleted") from None
+    except DatasetError as error:
+        part.unlink(missing_ok=True)
+        raise DatasetError(f"{error}; the download was deleted") from None
     part.unlink()
     return DownloadResult(target, pairs, digest, expected is not None)
 
@@ -125,7 +136,7 @@ def _parse_sha256(sha256: str | None) -> str | None:
         return None
     value = sha256.strip().lower()
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise ValueError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
+        raise UsageError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
     return value
 
 
@@ -156,6 +167,8 @@ def _fetch(url: str, part: Path, progress: bool, timeout: float) -> None:
         raise OSError(f"{url}: {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
         raise OSError(f"{url}: {error.reason}") from None
+    except (ValueError, http.client.InvalidURL) as error:  # not a URL: "unknown url type", "nonnumeric port"
+        raise UsageError(f"--url {url}: {one_line(error)}") from None
     except OSError as error:  # a timeout or a dropped connection before the response
         raise OSError(f"{url}: {error}") from None
     with response:
@@ -248,7 +261,7 @@ def safe_extract(
     counted again while writing (the files written so far are then deleted).
 
     Raises:
-        ValueError: Naming the first unsafe member, or the size that is too large.
+        InputError: Naming the first unsafe member, or the size that is too large.
     """
     folder = Path(folder).resolve()
     with zipfile.ZipFile(archive) as zip_file:
@@ -267,17 +280,20 @@ def safe_extract(
                 problem = "symbolic link"
             elif not (folder / path).resolve().is_relative_to(folder):
                 problem = "path outside the destination"
+            elif member.flag_bits & 0x1:
+                problem = "encrypted"
             elif member.file_size > _RATIO_FLOOR and member.file_size > max_ratio * max(member.compress_size, 1):
                 ratio = member.file_size / max(member.compress_size, 1)
                 problem = f"compressed {ratio:.0f}:1, more than {max_ratio:g}:1: a zip bomb?"
             if problem:
-                raise ValueError(f"{archive}: unsafe archive member {name!r} ({problem}); nothing was extracted")
+                raise InputError(archive, f"unsafe archive member {name!r} ({problem}); nothing was extracted")
             targets.append(folder / path)
         declared = sum(member.file_size for member in members)
         if declared > max_bytes:
-            raise ValueError(
-                f"{archive}: unpacks to {declared:,} bytes, more than the limit of {max_bytes:,} bytes "
-                "(a zip bomb?); nothing was extracted"
+            raise InputError(
+                archive,
+                f"unpacks to {declared:,} bytes, more than the limit of {max_bytes:,} bytes (a zip bomb?); "
+                "nothing was extracted",
             )
         # Counted again while writing: a reader that trusted the data over the directory could be fed more.
         written = 0
@@ -293,9 +309,10 @@ def safe_extract(
                     for chunk in iter(lambda source=source: source.read(_CHUNK), b""):
                         written += len(chunk)
                         if written > max_bytes:
-                            raise ValueError(
-                                f"{archive}: unpacks to more than the limit of {max_bytes:,} bytes "
-                                f"(at {member.filename!r}; a zip bomb?); extraction stopped"
+                            raise InputError(
+                                archive,
+                                f"unpacks to more than the limit of {max_bytes:,} bytes "
+                                f"(at {member.filename!r}; a zip bomb?); extraction stopped",
                             )
                         sink.write(chunk)
         except BaseException:
@@ -310,15 +327,15 @@ def _extract_dataset(archive: Path, dest: Path, target: Path, max_bytes: int = M
     try:
         try:
             safe_extract(archive, staging, max_bytes=max_bytes)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile) as error:
-            raise ValueError(f"{archive}: corrupt zip archive ({error})") from None
+        except _DAMAGED_ZIP as error:
+            raise InputError(archive, f"corrupt zip archive ({one_line(error)})") from None
         roots = sorted(
             (images.parent for images in staging.rglob("images") if (images.parent / "masks").is_dir()),
             key=lambda root: (len(root.parts), str(root)),
         )
         roots = [root for root in roots if "__MACOSX" not in root.parts]
         if not roots:
-            raise ValueError(f"{archive}: no folder with images/ and masks/ in the archive")
+            raise InputError(archive, "no folder with images/ and masks/ in the archive")
         root = roots[0]
         pairs = len(find_pairs(root))
         old = None

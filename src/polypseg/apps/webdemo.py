@@ -59,6 +59,7 @@ from polypseg.apps.webpage import (
     with_min_area,
     write_results_zip,
 )
+from polypseg.errors import MissingExtraError, UsageError
 from polypseg.images import IMAGE_SUFFIXES
 from polypseg.inference import Predictor
 from polypseg.weights import bundled_examples_dir
@@ -110,7 +111,7 @@ def _import_gradio() -> Any:
     try:
         import gradio
     except ImportError as error:
-        raise ImportError(f"the web demo needs Gradio ({error}): pip install 'polypseg[demo]'") from None
+        raise MissingExtraError(f"the web demo needs Gradio ({error}): pip install 'polypseg[demo]'") from None
     return gradio
 
 
@@ -382,10 +383,11 @@ def serve(
         The launched :class:`gradio.Blocks`.
 
     Raises:
-        ValueError: A limit is not positive.
+        UsageError: A limit is not positive.
+        MissingExtraError: Gradio is not installed.
     """
     if not (max_upload_mb > 0 and max_megapixels > 0 and queue_size > 0):
-        raise ValueError(
+        raise UsageError(
             f"the web demo's limits must be positive (max upload {max_upload_mb} MB, "
             f"{max_megapixels} megapixels, queue {queue_size})"
         )

@@ -27,11 +27,13 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
+from polypseg.errors import MissingExtraError, UsageError, WeightsError, one_line
 from polypseg.hardware import cpu_supports_bf16
 from polypseg.model import UNet
 
 __all__ = [
     "BACKENDS",
+    "FAST_EXTRA",
     "SMALL_MODEL_CHANNELS",
     "Backend",
     "BackendChoice",
@@ -43,6 +45,8 @@ __all__ = [
 ]
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
+#: What adds ONNX Runtime, OpenVINO, ONNX and NNCF (the ``fast`` extra of ``pyproject.toml``).
+FAST_EXTRA = "pip install 'polypseg[fast]'"
 
 
 class Backend(Protocol):
@@ -149,7 +153,7 @@ def choose_backend(
         The backend, precision and the reason, e.g. ``openvino bf16 (CPU has native bf16: avx512_bf16)``.
 
     Raises:
-        ValueError: Nothing installed can run ``precision`` (int8 without an int8 export or OpenVINO,
+        UsageError: Nothing installed can run ``precision`` (int8 without an int8 export or OpenVINO,
             bf16 with only ONNX Runtime), or ``precision`` is unknown.
 
     Example:
@@ -161,12 +165,12 @@ def choose_backend(
         'torch bf16 (CPU has native bf16; 40 images do not pay for a first OpenVINO export (from 150 or once cached))'
     """
     if precision not in ("auto", "32", "bf16", "int8"):
-        raise ValueError(f"precision must be auto, 32, bf16 or int8, got {precision!r}")
+        raise UsageError(f"precision must be auto, 32, bf16 or int8, got {precision!r}")
     bf16_note = f": {bf16_evidence}" if bf16_evidence else ""
     if precision in ("auto", "int8") and has_int8_export and "openvino" in installed:
         return BackendChoice("openvino", "int8", "the weights are an OpenVINO export with model_int8.xml")
     if precision == "int8":
-        raise ValueError(
+        raise UsageError(
             "int8 needs an OpenVINO export made with `polypseg export --format openvino --int8` and OpenVINO "
             "installed; pass that folder as --weights"
         )
@@ -197,7 +201,7 @@ def choose_backend(
                     extra = "; OpenVINO not installed"
                 return BackendChoice(backend, "bf16", why + extra)
         if precision == "bf16":
-            raise ValueError(f"bf16 needs OpenVINO or PyTorch weights; only {', '.join(installed) or 'nothing'} here")
+            raise UsageError(f"bf16 needs OpenVINO or PyTorch weights; only {', '.join(installed) or 'nothing'} here")
     small = base_channels is not None and base_channels <= SMALL_MODEL_CHANNELS
     order = ("onnxruntime", "openvino", "torch") if small else ("openvino", "onnxruntime", "torch")
     if precision == "32":
@@ -217,7 +221,7 @@ def choose_backend(
             else:
                 note = leader if backend == order[0] else f"{names[order[0]]} not installed"
             return BackendChoice(backend, "32", f"{why}; {note}")
-    raise ValueError("no inference runtime can run these weights")
+    raise UsageError("no inference runtime can run these weights")
 
 
 class TorchBackend:
@@ -237,7 +241,7 @@ class TorchBackend:
             native = torch.cuda.is_bf16_supported() if self.device.type == "cuda" else cpu_supports_bf16()
             precision = "bf16" if native else "32"
         if precision not in ("32", "bf16"):
-            raise ValueError(f"torch backend precision must be auto, 32 or bf16, got {precision!r}")
+            raise UsageError(f"torch backend precision must be auto, 32 or bf16, got {precision!r}")
         self.precision = precision
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
 
@@ -261,14 +265,22 @@ class OnnxRuntimeBackend:
     precision = "32"
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise MissingExtraError(f"--backend onnxruntime needs ONNX Runtime ({error}): {FAST_EXTRA}") from None
 
         path = Path(path)
         path = path / "model.onnx" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX model (run polypseg export first)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) derive from Exception only
+            raise WeightsError(f"{path}: ONNX Runtime cannot load this model ({one_line(error)[:300]})") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -287,10 +299,13 @@ class OpenVINOBackend:
     name = "openvino"
 
     def __init__(self, path: str | Path, precision: str = "32", latency: bool = True) -> None:
-        import openvino as ov
+        try:
+            import openvino as ov
+        except ImportError as error:
+            raise MissingExtraError(f"--backend openvino needs OpenVINO ({error}): {FAST_EXTRA}") from None
 
         if precision not in ("32", "bf16", "int8"):
-            raise ValueError(f"openvino precision must be 32, bf16 or int8, got {precision!r}")
+            raise UsageError(f"openvino precision must be 32, bf16 or int8, got {precision!r}")
         path = Path(path)
         if path.is_dir():
             candidates = ["model_int8.xml"] if precision == "int8" else ["model.xml", "model.onnx"]
@@ -298,13 +313,18 @@ class OpenVINOBackend:
             if not found:
                 raise FileNotFoundError(f"{path}: no {' or '.join(candidates)} (run polypseg export first)")
             path = found[0]
+        elif not path.is_file():
+            raise FileNotFoundError(f"{path}: no such model file (run polypseg export first)")
         self.precision = precision
         config = {
             "PERFORMANCE_HINT": "LATENCY" if latency else "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        try:
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except RuntimeError as error:  # a damaged or foreign model file
+            raise WeightsError(f"{path}: OpenVINO cannot load this model ({one_line(error)[:300]})") from None
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 
 from polypseg.classes import class_names_for, task_of
-from polypseg.config import CONFIG_NAME
+from polypseg.deploy.backends import FAST_EXTRA
+from polypseg.errors import MissingExtraError, UsageError
 from polypseg.files import atomic_write_text
 from polypseg.images import network_input, read_image
 from polypseg.model import UNet
 from polypseg.weights import WeightsLike, load_pretrained, resolve
+from polypseg.weights.config import CONFIG_NAME
 
 __all__ = ["FORMATS", "INT8_OPTIONS", "ExportReport", "export_model", "export_onnx", "quantize_int8"]
 
@@ -58,19 +60,25 @@ def export_onnx(model: UNet, path: str | Path, image_size: int = 256) -> Path:
     height = torch.export.Dim("height_16", min=1, max=1024)
     width = torch.export.Dim("width_16", min=1, max=1024)
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=1024), 2: 16 * height, 3: 16 * width}}
-    program = torch.onnx.export(
-        model,
-        (example,),
-        dynamo=True,
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_shapes=dynamic,
-        verbose=False,
-    )
+    try:
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=dynamic,
+            verbose=False,
+        )
+    except ImportError as error:  # torch's ONNX exporter imports onnx and onnxscript
+        raise MissingExtraError(f"ONNX export needs onnx and onnxscript ({error}): {FAST_EXTRA}") from None
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
         temporary = Path(scratch) / path.name
         program.save(str(temporary))
-        import onnx
+        try:
+            import onnx
+        except ImportError as error:
+            raise MissingExtraError(f"ONNX export needs onnx ({error}): {FAST_EXTRA}") from None
 
         # Store weights inside the one file (small models) so the file can be moved on its own.
         onnx.save_model(onnx.load(str(temporary)), str(path), save_as_external_data=False)
@@ -87,7 +95,10 @@ def quantize_int8(model: Any, calibration: np.ndarray) -> Any:
     Returns:
         The quantised ``openvino.Model``.
     """
-    import nncf
+    try:
+        import nncf
+    except ImportError as error:
+        raise MissingExtraError(f"int8 export needs NNCF ({error}): {FAST_EXTRA}") from None
 
     dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
     return nncf.quantize(
@@ -100,7 +111,10 @@ def quantize_int8(model: Any, calibration: np.ndarray) -> Any:
 
 
 def _export_openvino(onnx_path: Path, out_dir: Path, calibration: np.ndarray | None) -> list[Path]:
-    import openvino as ov
+    try:
+        import openvino as ov
+    except ImportError as error:
+        raise MissingExtraError(f"OpenVINO export needs OpenVINO ({error}): {FAST_EXTRA}") from None
 
     model = ov.convert_model(str(onnx_path))
     written = [out_dir / "model.xml", out_dir / "model.bin"]
@@ -136,7 +150,7 @@ def export_model(
         The files written.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out_dir = Path(out_dir)
     if (out_dir / "model.onnx").exists() and not overwrite:
         raise FileExistsError(f"{out_dir}: holds an export already; pass --overwrite to replace it")

@@ -24,6 +24,7 @@ from polypseg.deploy.backends import (
     installed_backends,
 )
 from polypseg.deploy.export import export_model
+from polypseg.errors import UsageError
 from polypseg.hardware import cpu_supports_bf16, native_bf16_evidence
 from polypseg.weights import Weights, WeightsLike, load_pretrained, resolve
 
@@ -141,7 +142,7 @@ def load_backend(
             it (see :func:`polypseg.load_pretrained`); an export folder has it built in and refuses another.
 
     Raises:
-        ValueError: An unknown backend or a precision the backend does not offer.
+        UsageError: An unknown backend or a precision the backend does not offer.
     """
     weights = resolve(weights)
     choice = None
@@ -150,22 +151,22 @@ def load_backend(
         backend, precision = choice.backend, choice.precision
         logger.info("backend auto: %s", choice)
     if backend not in ("torch", "onnxruntime", "openvino"):
-        raise ValueError(f"backend must be auto, torch, onnxruntime or openvino, got {backend!r}")
+        raise UsageError(f"backend must be auto, torch, onnxruntime or openvino, got {backend!r}")
     folder, exported = weights.folder, weights.is_export
     made: CachedExport | None = None
     if exported and decoder_concat is not None:
         built = weights.config.decoder_concat or "skip-up"
         if built != decoder_concat:
-            raise ValueError(
+            raise UsageError(
                 f"{folder}: an export with the decoder order {built} built in; --decoder-concat cannot change it"
             )
     if backend == "torch":
         if exported:
-            raise ValueError(f"{folder}: an export folder; use --backend onnxruntime or openvino with it")
+            raise UsageError(f"{folder}: an export folder; use --backend onnxruntime or openvino with it")
         loaded: Backend = TorchBackend(load_pretrained(weights, decoder_concat=decoder_concat), precision)
     else:
         if precision == "int8" and not (backend == "openvino" and (folder / "model_int8.xml").exists()):
-            raise ValueError(
+            raise UsageError(
                 "int8 needs an OpenVINO export made with `polypseg export --format openvino --int8`; "
                 "pass that folder as --weights with --backend openvino"
             )
@@ -176,7 +177,7 @@ def load_backend(
             source = made.path
         if backend == "onnxruntime":
             if precision not in ("auto", "32"):
-                raise ValueError(f"onnxruntime runs fp32 only, got precision {precision!r}")
+                raise UsageError(f"onnxruntime runs fp32 only, got precision {precision!r}")
             loaded = OnnxRuntimeBackend(source)
         else:
             if precision == "auto":

@@ -21,7 +21,7 @@ import numpy as np
 
 from polypseg.classes import mask_to_classes
 from polypseg.data import find_pairs, load_pairs
-from polypseg.errors import InputError
+from polypseg.errors import InputError, one_line
 from polypseg.evaluation.evaluate import EvaluationReport, evaluation_predictor
 from polypseg.files import atomic_save
 from polypseg.inference import CLASS_PALETTE
@@ -161,26 +161,33 @@ def write_evaluation_figures(
     ]
 
 
-def _column(rows: Sequence[dict[str, str]], name: str) -> np.ndarray:
-    return np.array([float(row[name]) if row.get(name) else math.nan for row in rows])
+def _column(rows: Sequence[dict[str, str]], name: str, path: Path) -> np.ndarray:
+    try:
+        return np.array([float(row[name]) if row.get(name) else math.nan for row in rows])
+    except ValueError as error:  # a hand-edited cell that is not a number
+        raise InputError(path, f"column {name!r}: {one_line(error)}") from None
 
 
 def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
     """Loss (train and validation), validation Dice and learning rate per epoch, from a run's ``metrics.csv``.
 
     Raises:
-        InputError: ``metrics.csv`` has no epochs.
+        InputError: ``metrics.csv`` cannot be read, has no epochs or a value that is not a number.
     """
-    with Path(metrics_csv).open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    metrics_csv = Path(metrics_csv)
+    try:
+        with metrics_csv.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(metrics_csv, f"cannot read CSV ({one_line(error)})") from None
     if not rows:
         raise InputError(metrics_csv, "no epochs to plot")
-    epochs = _column(rows, "epoch")
+    epochs = _column(rows, "epoch", metrics_csv)
     figure = _figure(13.0, 3.8)
     loss, dice, lr = figure.subplots(1, 3)
 
     def plot(axes: Any, column: str, **style: Any) -> None:
-        values = _column(rows, column)
+        values = _column(rows, column, metrics_csv)
         if not np.isnan(values).all():  # columns an older or shorter run did not log stay out of the legend
             axes.plot(epochs, values, marker="o", markersize=3, **style)
 
@@ -198,5 +205,5 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
     for axes in (loss, dice, lr):
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
-    figure.suptitle(f"{Path(metrics_csv).parent.name}: {len(rows)} epochs")
+    figure.suptitle(f"{metrics_csv.parent.name}: {len(rows)} epochs")
     return _save(figure, out_png)

@@ -2,7 +2,7 @@
 
 The split comes from ``--splits FILE``, else from the ``splits.json`` of the run the weights belong to,
 else it is recomputed from the seed and split sizes recorded in the weights' ``config.json`` (the same
-deterministic split training made, :meth:`polypseg.config.WeightsConfig.training_split`).
+deterministic split training made, :meth:`polypseg.weights.config.WeightsConfig.training_split`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from polypseg.data import find_pairs, load_splits, make_splits
-from polypseg.errors import InputError, UsageError
+from polypseg.errors import InputError, UsageError, one_line
 from polypseg.files import expand_inputs
 from polypseg.weights import WeightsLike, resolve
 
@@ -43,7 +43,7 @@ def read_truth_boxes(data_dir: str | Path, image_size: int) -> dict[str, list[tu
     else:
         return None
     try:
-        entries = json.loads(path.read_text())
+        entries = json.loads(path.read_text(encoding="utf-8"))
         boxes = {}
         for image, entry in entries.items():
             sx, sy = image_size / float(entry["width"]), image_size / float(entry["height"])
@@ -51,8 +51,9 @@ def read_truth_boxes(data_dir: str | Path, image_size: int) -> dict[str, list[tu
                 (round(b["xmin"] * sx), round(b["ymin"] * sy), round(b["xmax"] * sx), round(b["ymax"] * sy))
                 for b in entry["bbox"]
             ]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise InputError(path, f"not a bounding-box file of the Kvasir-SEG format ({error})") from None
+    # The file as read, and each entry's fields: not JSON, not UTF-8, a missing key, a string or 0 for a number.
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError, RecursionError) as error:
+        raise InputError(path, f"not a bounding-box file of the Kvasir-SEG format ({one_line(error)})") from None
     return boxes
 
 
@@ -126,6 +127,9 @@ def calibration_paths(
     else:
         names, _ = resolve_split(weights, data_dir, "train", None)
         by_name = {sample.name: sample.image_path for sample in find_pairs(data_dir)}
+        unknown = [name for name in names if name not in by_name]
+        if unknown:
+            raise UsageError(f"{data_dir}: {len(unknown)} training split names are not in it, e.g. {unknown[0]!r}")
         paths = [by_name[name] for name in names]
     if not paths:
         raise InputError(folder or data_dir, "no calibration images")

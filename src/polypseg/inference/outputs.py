@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from polypseg.classes import BOUNDARY, POLYP
+from polypseg.errors import UsageError
 from polypseg.files import atomic_save
 from polypseg.inference.predictor import Prediction, validate_opacity
 
@@ -98,7 +99,7 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
 def output_suffixes(overlay_format: str = "jpg") -> tuple[str, ...]:
     """File name suffixes of one input's outputs (``STEM`` + suffix) for an overlay format."""
     if overlay_format not in OVERLAY_FORMATS:
-        raise ValueError(f"overlay format must be one of {', '.join(OVERLAY_FORMATS)}, got {overlay_format!r}")
+        raise UsageError(f"overlay format must be one of {', '.join(OVERLAY_FORMATS)}, got {overlay_format!r}")
     return ("_classes.png", "_mask.png") + (() if overlay_format == "none" else (f"_overlay.{overlay_format}",))
 
 

@@ -21,6 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from polypseg.errors import MissingExtraError
 from polypseg.files import atomic_write, atomic_write_csv, remove_stale_temporaries
 from polypseg.images import InputError
 from polypseg.inference.outputs import output_stems, overlay
@@ -86,7 +87,7 @@ def _av() -> Any:
     try:
         import av
     except ImportError as error:
-        raise ImportError(f"video input needs PyAV ({error}): pip install 'polypseg[video]'") from None
+        raise MissingExtraError(f"video input needs PyAV ({error}): pip install 'polypseg[video]'") from None
     return av
 
 

@@ -17,10 +17,10 @@ import yaml
 from huggingface_hub import EvalResult, ModelCardData
 
 from polypseg.classes import CLASS_NAMES, DEFAULT_BOUNDARY_WIDTH_PX
-from polypseg.config import ARCHITECTURE_KEYS, CONFIG_NAME, WEIGHTS_NAME
 from polypseg.model import UNet
 from polypseg.publish.card_sources import Sources, read_sources
 from polypseg.weights import WeightsLike
+from polypseg.weights.config import ARCHITECTURE_KEYS, CONFIG_NAME, WEIGHTS_NAME
 from polypseg.weights.hub import CARD_REPO, HUB_PREFIX
 
 __all__ = ["CARD_NAME", "model_card"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from polypseg.errors import WeightsError, one_line
+from polypseg.errors import InputError, WeightsError, one_line
 from polypseg.weights import WeightsLike, inspect_weights, resolve
 
 __all__ = ["Sources", "read_sources"]
@@ -52,7 +52,8 @@ def read_sources(
     run_dir = (
         weights_dir.parent if weights_dir.name == "best" and (weights_dir.parent / "config.yaml").exists() else None
     )
-    training = dict(config.get("training", {}).get("config") or {})
+    recorded = weights.config.training.get("config")
+    training = dict(recorded) if isinstance(recorded, dict) else {}
     if not training and run_dir is not None:
         training = _read_yaml(run_dir / "config.yaml")
     splits = None
@@ -60,27 +61,34 @@ def read_sources(
         splits = _read_json(run_dir / "splits.json")
     epochs: list[dict[str, str]] = []
     if run_dir is not None and (run_dir / "metrics.csv").exists():
-        with (run_dir / "metrics.csv").open(newline="") as handle:
-            epochs = list(csv.DictReader(handle))
+        epochs = _read_csv(run_dir / "metrics.csv")
     evaluation = _read_json(Path(metrics_json)) if metrics_json is not None else None
     if evaluation is not None and not isinstance(evaluation.get("metrics"), dict):
-        raise ValueError(f"{metrics_json}: not a metrics.json of `polypseg evaluate` (no 'metrics' object)")
+        raise InputError(metrics_json, "not a metrics.json of `polypseg evaluate` (no 'metrics' object)")
     return Sources(weights_dir, config, run_dir, training, splits, epochs, evaluation, info.concat_source)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read JSON ({one_line(error)})") from None
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: not JSON, not UTF-8, a huge integer
+        raise InputError(path, f"cannot read JSON ({one_line(error)})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{path}: must hold a JSON object")
+        raise InputError(path, "must hold a JSON object")
     return value
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        value = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read YAML ({one_line(error)})") from None
+        value = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as error:  # ValueError: not UTF-8, a bad date
+        raise InputError(path, f"cannot read YAML ({one_line(error)})") from None
     return value if isinstance(value, dict) else {}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(path, f"cannot read CSV ({one_line(error)})") from None

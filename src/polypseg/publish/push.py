@@ -6,10 +6,12 @@ import re
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from polypseg.config import CONFIG_NAME, WEIGHTS_NAME
+from polypseg.errors import InputError, UsageError, one_line
 from polypseg.publish.card import CARD_NAME, model_card
 from polypseg.weights import WeightsLike, load_pretrained, resolve
+from polypseg.weights.config import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = ["push_to_hub"]
 
@@ -47,13 +49,20 @@ def push_to_hub(
         The URL of the commit.
     """
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise ValueError(f"--repo must be OWNER/REPO, got {repo_id!r}")
+        raise UsageError(f"--repo must be OWNER/REPO, got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)  # the Hub's own rules: no "--" or "..", no leading "-", 96 characters
+    except HFValidationError as error:
+        raise UsageError(f"--repo {repo_id}: not a Hub repository name ({one_line(error)})") from None
     weights = resolve(weights)
     weights_path = weights.weights_file
     config_path = weights_path.parent / CONFIG_NAME
     load_pretrained(weights, decoder_concat=decoder_concat)
     if card is not None:
-        card_text = Path(card).read_text(encoding="utf-8")
+        try:
+            card_text = Path(card).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(card, f"not UTF-8 text ({one_line(error)})") from None
     else:
         card_text = model_card(weights, metrics_json, repo_id=repo_id, decoder_concat=decoder_concat)
     operations = [CommitOperationAdd(WEIGHTS_NAME, str(weights_path))]

@@ -17,6 +17,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from polypseg.classes import CLASS_NAMES
+from polypseg.errors import InputError, one_line
 from polypseg.files import atomic_write_csv, atomic_write_folder
 from polypseg.training.module import SegmentationModule
 from polypseg.weights import save_pretrained
@@ -141,6 +142,9 @@ class EpochCSVLogger(_EpochValidated):
         row["seconds"] = f"{time.perf_counter() - self._start:.1f}"
         rows = []
         if self.path.exists():
-            with self.path.open(newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < trainer.current_epoch]
+            try:
+                with self.path.open(newline="", encoding="utf-8") as handle:
+                    rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < trainer.current_epoch]
+            except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as error:  # a hand-edited file
+                raise InputError(self.path, f"cannot read the run's epochs ({one_line(error)})") from None
         atomic_write_csv(self.path, self.COLUMNS, [*rows, row], durable=True)

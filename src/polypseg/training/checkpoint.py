@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from polypseg.errors import PolypsegError
 from polypseg.files import atomic_save
 
 __all__ = ["LAST_CHECKPOINT", "AtomicCheckpointIO", "CheckpointError", "load_checkpoint"]
@@ -23,7 +24,7 @@ __all__ = ["LAST_CHECKPOINT", "AtomicCheckpointIO", "CheckpointError", "load_che
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PolypsegError, ValueError):
     """A Lightning checkpoint that cannot be resumed from; the message names the file."""
 
 

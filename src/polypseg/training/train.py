@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from polypseg.config import TrainConfig, load_config, save_config
 from polypseg.data import CachedPairs, TensorPairDataset, find_pairs, load_pairs, load_splits, make_splits, save_splits
+from polypseg.errors import InputError, UsageError
 from polypseg.files import recover_folder, remove_stale_temporaries
 from polypseg.hardware import resolve_precision
 from polypseg.training.callbacks import BestWeightsExporter, EpochCSVLogger, LastCheckpoint
@@ -162,7 +163,7 @@ def train(
         config = config.updated(run_id=uuid.uuid4().hex)  # a new run: its checkpoints carry this id
     data_dir = data_dir if data_dir is not None else config.data_dir
     if data_dir is None:
-        raise ValueError("no dataset folder given (--data)")
+        raise UsageError("no dataset folder given (--data)")
     config = config.updated(data_dir=str(data_dir))
     L.seed_everything(config.seed, workers=True, verbose=False)
 
@@ -174,13 +175,13 @@ def train(
         known = {s.name for s in samples}
         unknown = sorted(name for names in splits.values() for name in names if name not in known)
         if unknown:
-            raise ValueError(
-                f"{splits_file}: {len(unknown)} names of the split are not in {data_dir}, e.g. {unknown[0]!r}"
+            raise InputError(
+                splits_file, f"{len(unknown)} names of the split are not in {data_dir}, e.g. {unknown[0]!r}"
             )
     else:
         splits = make_splits([s.name for s in samples], config.split_sizes, config.seed)
     if not splits["train"] or not splits["val"]:
-        raise ValueError("the split has no training or no validation images")
+        raise UsageError("the split has no training or no validation images")
     wanted = set(splits["train"]) | set(splits["val"])
     pairs = load_pairs([s for s in samples if s.name in wanted], config.image_size)
 
@@ -243,13 +244,14 @@ def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig, last: Path
     ]
     if changed:
         key = changed[0]
-        raise ValueError(
-            f"{config_path}: {key} is {getattr(config, key)} but the run's checkpoint {last} has {stored[key]}; "
-            "restore the run's config.yaml"
+        raise InputError(
+            config_path,
+            f"{key} is {getattr(config, key)} but the run's checkpoint {last} has {stored[key]}; "
+            "restore the run's config.yaml",
         )
     completed = int(checkpoint.get("epoch", -1)) + 1
     if not config.time_budget and config.epochs < completed:
-        raise ValueError(
+        raise UsageError(
             f"{last}: the run has completed {completed} epochs already; --epochs must be at least {completed}"
         )
 
@@ -257,7 +259,7 @@ def _check_resumable(checkpoint: dict[str, Any], config: TrainConfig, last: Path
 def _init_from_weights(module: SegmentationModule, weights: str) -> None:
     """Start training from pretrained weights (``config.init_weights``) of the same architecture."""
     source = load_pretrained(None if weights == "bundled" else weights)
-    keys = ("base_channels", "head_kernel_size", "num_classes", "decoder_concat")
+    keys = ("in_channels", "base_channels", "head_kernel_size", "num_classes", "decoder_concat")
     if [source.config[key] for key in keys] != [module.model.config[key] for key in keys]:
         have = ", ".join(f"{key}={source.config[key]}" for key in keys)
         need = ", ".join(f"{key}={module.model.config[key]}" for key in keys)

@@ -126,6 +126,11 @@ def map_foreign_state_dict_with_notes(
         role = roles[prefix]
         if role == "head":
             architecture["head_kernel_size"] = _kernel(block_convs[0])
+            if architecture["head_kernel_size"] % 2 != 1:
+                raise WeightsError(
+                    f"{source}: tensor '{block_convs[0].first_name()}' is a {architecture['head_kernel_size']}-wide "
+                    "head kernel; the U-Net's head kernel is odd"
+                )
         for index, (conv, bn) in enumerate(zip(block_convs, block_norms, strict=True)):
             if role == "head":
                 conv_name, bn_name = "head.0", "head.1"

@@ -29,9 +29,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from polypseg.classes import DEFAULT_BOUNDARY_WIDTH_PX, class_names_for, task_of
-from polypseg.config import CONFIG_NAME, WEIGHTS_NAME, WeightsError
+from polypseg.errors import UsageError, WeightsError
 from polypseg.files import atomic_save, atomic_write_text
 from polypseg.model import DECODER_CONCATS, UNet
+from polypseg.weights.config import CONFIG_NAME, WEIGHTS_NAME
 from polypseg.weights.foreign import expected_shapes, map_foreign_state_dict_with_notes
 from polypseg.weights.reference import WeightsLike, resolve
 
@@ -156,7 +157,7 @@ def load_pretrained(
 
     Raises:
         WeightsError: The file is missing, is not safetensors, or its tensors do not fit a U-Net.
-        ValueError: ``decoder_concat`` is not one of the two orders.
+        UsageError: ``decoder_concat`` is not one of the two orders.
 
     Example:
         >>> model = load_pretrained()  # the bundled model
@@ -188,7 +189,7 @@ def inspect_weights(path: WeightsLike = None, decoder_concat: str | None = None)
 
 def _load(path: WeightsLike, map_location: str | torch.device, decoder_concat: str | None) -> tuple[UNet, WeightsInfo]:
     if decoder_concat is not None and decoder_concat not in DECODER_CONCATS:
-        raise ValueError(f"decoder_concat must be one of {', '.join(DECODER_CONCATS)}, got {decoder_concat!r}")
+        raise UsageError(f"decoder_concat must be one of {', '.join(DECODER_CONCATS)}, got {decoder_concat!r}")
     weights = resolve(path)
     weights_path = weights.weights_file
     if not weights_path.exists():

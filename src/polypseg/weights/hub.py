@@ -18,14 +18,16 @@ from huggingface_hub import _CACHED_NO_EXIST, constants, hf_hub_download, try_to
 from huggingface_hub.utils import (
     EntryNotFoundError,
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
+    validate_repo_id,
 )
 
-from polypseg.config import WEIGHTS_NAME
 from polypseg.errors import WeightsError, one_line
 from polypseg.version import __version__
+from polypseg.weights.config import WEIGHTS_NAME
 
 __all__ = ["CARD_REPO", "HUB_PREFIX", "HubReference", "download_weights", "parse_hub_reference"]
 
@@ -66,6 +68,10 @@ def parse_hub_reference(uri: str) -> HubReference:
     match = _REFERENCE.fullmatch(body)
     if not match or body.startswith(("datasets/", "spaces/")):
         raise WeightsError(f"{uri}: not a Hub model reference; expected {HUB_PREFIX}OWNER/REPO[@REVISION][/PATH]")
+    try:
+        validate_repo_id(match["repo"])  # the Hub's own rules: no "--" or "..", no leading "-", 96 characters
+    except HFValidationError as error:
+        raise WeightsError(f"{uri}: not a Hub repository name ({one_line(error)})") from None
     path = (match["path"] or "").strip("/")
     if ".." in PurePosixPath(path).parts:
         raise WeightsError(f"{uri}: the path inside the repository must not contain '..'")
@@ -152,5 +158,5 @@ def _download(
             f"{uri}: repository {reference.repo_id} not found on {constants.ENDPOINT}, or it is private or gated "
             "(log in with `hf auth login` or set HF_TOKEN)"
         ) from None
-    except (HfHubHTTPError, OSError) as error:
+    except (HfHubHTTPError, HFValidationError, OSError) as error:  # HFValidationError: e.g. the revision
         raise WeightsError(f"{uri}: {one_line(error)}") from None

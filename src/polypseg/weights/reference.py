@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from polypseg.config import CONFIG_NAME, WEIGHTS_NAME, WeightsConfig
+from polypseg.weights.config import CONFIG_NAME, WEIGHTS_NAME, WeightsConfig
 from polypseg.weights.hub import HUB_PREFIX, download_weights
 
 __all__ = ["Weights", "WeightsLike", "bundled_examples_dir", "bundled_weights_dir", "resolve", "resolve_weights"]
