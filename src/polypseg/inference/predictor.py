@@ -75,7 +75,7 @@ def decision_threshold(weights: Weights, threshold: float | None = None) -> floa
     """The binary decision threshold to use with ``weights``: ``threshold`` where given, else the recorded one.
 
     The one place where "the threshold recorded with the weights" is read: the ``threshold`` of their
-    ``config.json`` (:attr:`polypseg.config.WeightsConfig.threshold`; 0.5 where none is recorded). Only
+    ``config.json`` (:attr:`polypseg.weights.config.WeightsConfig.threshold`; 0.5 where none is recorded). Only
     binary weights (one output channel) use it; 3-class weights take the argmax.
 
     Args:

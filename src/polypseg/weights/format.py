@@ -85,7 +85,7 @@ def save_pretrained(
 
 
 def read_model_config(weights: WeightsLike = None) -> dict[str, Any]:
-    """The ``config.json`` beside the weights as a dict (empty if none); see :class:`~polypseg.config.WeightsConfig`."""
+    """``config.json`` beside the weights as a dict (empty if none): :class:`~polypseg.weights.config.WeightsConfig`."""
     return dict(resolve(weights).config.raw)
 
 
