@@ -378,3 +378,25 @@ def test_the_web_demo_without_gradio_names_its_pip_install(capsys, monkeypatch):
     err = one_line_error(capsys)
     assert err.startswith("polypseg demo: error: the web demo needs Gradio"), err
     assert err.endswith("pip install 'polypseg[demo]'"), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--epochs", "many"],
+        ["evaluate", "--no-such-flag"],
+        ["predict", "--batch-size", "0", "x.jpg"],
+        ["export", "--format", "tflite"],
+        ["data", "download", "--no-such-flag"],
+        ["no-such-command"],
+    ],
+)
+def test_every_argument_error_is_one_line_naming_the_command(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = one_line_error(capsys)
+    assert err.startswith("polypseg") and ": error: " in err and err.endswith("(see --help)")
+    assert "usage:" not in err
+    if argv[0] != "no-such-command":
+        assert err.startswith(f"polypseg {argv[0]}")

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 
 from polypseg.apps import cli_models, cli_predict, cli_train
+from polypseg.apps.cli_options import OneLineParser
 from polypseg.apps.cli_predict import PredictOptions
 from polypseg.errors import PolypsegError
 
@@ -24,17 +25,21 @@ __all__ = ["PredictOptions", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``polypseg`` command."""
-    parser = argparse.ArgumentParser(prog="polypseg", description=__doc__)
+    parser = OneLineParser(prog="polypseg", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     cli_train.add_subcommands(subparsers)  # train, evaluate
     cli_predict.add_subcommands(subparsers)  # predict, demo
     cli_models.add_subcommands(subparsers)  # export, inspect, benchmark, card, push, data
+    for command_parser in subparsers.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)  # names the command in argument errors
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``polypseg`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # argparse's top-level parser would report them without naming the command
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:

@@ -1,4 +1,4 @@
-"""What the ``polypseg`` subcommands share: the default dataset, help texts and argument types."""
+"""What the ``polypseg`` subcommands share: the one-line parser, the default dataset, help texts and argument types."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import math
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 Options = TypeVar("Options")
 
@@ -21,6 +21,18 @@ THRESHOLD_HELP = (
     "binary weights (one output channel): polyp where the sigmoid probability is >= this, from 0 to 1 "
     "(default: the threshold recorded with the weights in config.json, else 0.5)"
 )
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``polypseg train: error: ... (see --help)``, exit code 2.
+
+    argparse's own ``error`` prints the whole usage first, several lines; the ``polypseg`` parser is of this
+    class, and ``add_subparsers`` makes every subcommand's parser of its parent's class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see --help)`` on stderr and exit 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 
 def add_weights_options(parser: argparse.ArgumentParser, threshold: bool = True) -> None:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from polypseg.apps.cli_options import (
     TTA_HELP,
@@ -94,11 +93,6 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tta", action="store_true", help=TTA_HELP)
     add_weights_options(parser)
     parser.set_defaults(handler=_predict)
-
-    def one_line_error(message: str) -> NoReturn:  # argparse would print the usage first: several lines
-        parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
-
-    parser.error = one_line_error  # type: ignore[method-assign]
 
 
 def _run_predict(weights: str | None, inputs: Sequence[str], options: PredictOptions) -> int:
