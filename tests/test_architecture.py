@@ -13,18 +13,11 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "polypseg"
-#: Optional extras imported where they are used (and only there), so the core stays light.
-LAZY_EXTRAS = {
-    "av": {"polypseg.inference.video"},
-    "gradio": {"polypseg.apps.webdemo"},
-    "nncf": {"polypseg.deploy.export"},
-    "onnx": {"polypseg.deploy.export"},
-    "onnxruntime": {"polypseg.deploy.backends"},
-    "openvino": {"polypseg.deploy.backends", "polypseg.deploy.export", "polypseg.apps.benchmark"},
-}
+#: Optional extras: imported in one place, ``polypseg.extras.require``, on first use (type hints aside).
+LAZY_EXTRAS = {"av", "gradio", "nncf", "onnx", "onnxruntime", "openvino"}
 #: Packages in floors: a module may import from its own floor's modules (without cycles) and lower floors.
 FLOORS = [
-    {"version", "errors", "model", "losses", "classes", "tta", "hardware", "metrics"},
+    {"version", "errors", "extras", "model", "losses", "classes", "tta", "hardware", "metrics"},
     {"images", "files"},
     {"config", "data"},
     {"weights"},
@@ -45,11 +38,11 @@ def _modules() -> dict[str, Path]:
     return {_module_name(path): path for path in sorted(SRC.rglob("*.py"))}
 
 
-def _imports(path: Path) -> tuple[set[str], list[tuple[str, int, bool]]]:
-    """polypseg modules imported at module level, and every import as (module, line, inside a function)."""
+def _imports(path: Path) -> tuple[set[str], list[tuple[str, int, bool, bool]]]:
+    """polypseg modules imported at module level, and every import as (module, line, in a function, typing only)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     top: set[str] = set()
-    found: list[tuple[str, int, bool]] = []
+    found: list[tuple[str, int, bool, bool]] = []
 
     def visit(node: ast.AST, in_function: bool, in_type_checking: bool) -> None:
         for child in ast.iter_child_nodes(node):
@@ -65,7 +58,7 @@ def _imports(path: Path) -> tuple[set[str], list[tuple[str, int, bool]]]:
                 if child.module == "polypseg":
                     names = [f"polypseg.{alias.name}" for alias in child.names]
             for name in names:
-                found.append((name, child.lineno, inner))
+                found.append((name, child.lineno, inner, checking))
                 if name.startswith("polypseg") and not inner and not checking:
                     top.add(name)
             visit(child, inner, checking)
@@ -128,15 +121,30 @@ def test_imports_point_down_the_floors():
 
 
 def test_no_polypseg_imports_inside_functions_and_extras_in_one_place():
-    for module, path in _modules().items():
-        for name, line, in_function in _imports(path)[1]:
-            if not in_function:
-                continue
+    for path in _modules().values():
+        for name, line, in_function, typing_only in _imports(path)[1]:
             where = f"{path.relative_to(SRC.parent)}:{line}"
-            assert not name.startswith("polypseg"), f"{where}: imports {name} inside a function"
-            root = name.split(".")[0]
-            if root in LAZY_EXTRAS:
-                assert module in LAZY_EXTRAS[root], f"{where}: imports the extra {name}; only {LAZY_EXTRAS[root]} may"
+            assert not (in_function and name.startswith("polypseg")), f"{where}: imports {name} inside a function"
+            if name.split(".")[0] in LAZY_EXTRAS:
+                assert typing_only, f"{where}: imports the extra {name}; use polypseg.extras.require"
+
+
+def test_modules_are_imported_by_name_only_in_extras():
+    for module, path in _modules().items():
+        if module != "polypseg.extras":
+            text = path.read_text(encoding="utf-8")
+            assert "import_module(" not in text and "__import__(" not in text, f"{path}: imports by name"
+
+
+def test_the_extras_are_those_of_pyproject():
+    import tomllib
+
+    from polypseg.extras import EXTRAS
+
+    assert set(EXTRAS) == LAZY_EXTRAS
+    optional = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for module, extra in EXTRAS.items():
+        assert any(dep.startswith(module) for dep in optional[extra]), f"{module} is not in the {extra!r} extra"
 
 
 def test_no_module_is_named_like_the_standard_library():

@@ -55,14 +55,14 @@ from polypseg.apps.benchmark_report import (
 )
 from polypseg.apps.benchmark_report import row as _row
 from polypseg.deploy.backends import (
-    FAST_EXTRA,
     OnnxRuntimeBackend,
     OpenVINOBackend,
     TorchBackend,
     installed_backends,
 )
 from polypseg.deploy.export import export_onnx, quantize_int8
-from polypseg.errors import MissingExtraError, UsageError
+from polypseg.errors import UsageError
+from polypseg.extras import require
 from polypseg.files import atomic_write_text
 from polypseg.images import network_input, read_image
 from polypseg.inference import Predictor, predict_files
@@ -136,11 +136,7 @@ def _backend(case: BenchmarkCase, workdir: Path) -> Any:
     if case.backend == "onnxruntime":
         return OnnxRuntimeBackend(onnx_path)
     if case.precision == "int8":  # quantised as `polypseg export --int8` does, on the bundled examples
-        try:
-            import openvino as ov
-        except ImportError as error:
-            raise MissingExtraError(f"the int8 case needs OpenVINO ({error}): {FAST_EXTRA}") from None
-
+        ov = require("openvino", "the int8 case")
         calibration = network_input([read_image(p) for p in sorted(bundled_examples_dir().glob("*.jpg"))], 256)
         quantised = quantize_int8(ov.convert_model(str(onnx_path)), calibration)
         path = workdir / f"unet{case.base_channels}_int8.xml"

@@ -59,7 +59,8 @@ from polypseg.apps.webpage import (
     with_min_area,
     write_results_zip,
 )
-from polypseg.errors import MissingExtraError, UsageError
+from polypseg.errors import UsageError
+from polypseg.extras import require
 from polypseg.images import IMAGE_SUFFIXES
 from polypseg.inference import Predictor
 from polypseg.weights import bundled_examples_dir
@@ -108,11 +109,7 @@ DEFAULT_QUEUE_SIZE = 32
 
 
 def _import_gradio() -> Any:
-    try:
-        import gradio
-    except ImportError as error:
-        raise MissingExtraError(f"the web demo needs Gradio ({error}): pip install 'polypseg[demo]'") from None
-    return gradio
+    return require("gradio", "the web demo")
 
 
 def build_demo(

@@ -27,13 +27,13 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
-from polypseg.errors import MissingExtraError, UsageError, WeightsError, one_line
+from polypseg.errors import UsageError, WeightsError, one_line
+from polypseg.extras import require
 from polypseg.hardware import cpu_supports_bf16
 from polypseg.model import UNet
 
 __all__ = [
     "BACKENDS",
-    "FAST_EXTRA",
     "SMALL_MODEL_CHANNELS",
     "Backend",
     "BackendChoice",
@@ -45,8 +45,6 @@ __all__ = [
 ]
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
-#: What adds ONNX Runtime, OpenVINO, ONNX and NNCF (the ``fast`` extra of ``pyproject.toml``).
-FAST_EXTRA = "pip install 'polypseg[fast]'"
 
 
 class Backend(Protocol):
@@ -265,11 +263,7 @@ class OnnxRuntimeBackend:
     precision = "32"
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as error:
-            raise MissingExtraError(f"--backend onnxruntime needs ONNX Runtime ({error}): {FAST_EXTRA}") from None
-
+        ort = require("onnxruntime", "--backend onnxruntime")
         path = Path(path)
         path = path / "model.onnx" if path.is_dir() else path
         if not path.is_file():
@@ -299,11 +293,7 @@ class OpenVINOBackend:
     name = "openvino"
 
     def __init__(self, path: str | Path, precision: str = "32", latency: bool = True) -> None:
-        try:
-            import openvino as ov
-        except ImportError as error:
-            raise MissingExtraError(f"--backend openvino needs OpenVINO ({error}): {FAST_EXTRA}") from None
-
+        ov = require("openvino", "--backend openvino")
         if precision not in ("32", "bf16", "int8"):
             raise UsageError(f"openvino precision must be 32, bf16 or int8, got {precision!r}")
         path = Path(path)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from polypseg.classes import class_names_for, task_of
-from polypseg.deploy.backends import FAST_EXTRA
 from polypseg.errors import MissingExtraError, UsageError
+from polypseg.extras import install_hint, require
 from polypseg.files import atomic_write_text
 from polypseg.images import network_input, read_image
 from polypseg.model import UNet
@@ -71,15 +71,11 @@ def export_onnx(model: UNet, path: str | Path, image_size: int = 256) -> Path:
             verbose=False,
         )
     except ImportError as error:  # torch's ONNX exporter imports onnx and onnxscript
-        raise MissingExtraError(f"ONNX export needs onnx and onnxscript ({error}): {FAST_EXTRA}") from None
+        raise MissingExtraError(f"ONNX export needs onnx and onnxscript ({error}): {install_hint('onnx')}") from None
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
         temporary = Path(scratch) / path.name
         program.save(str(temporary))
-        try:
-            import onnx
-        except ImportError as error:
-            raise MissingExtraError(f"ONNX export needs onnx ({error}): {FAST_EXTRA}") from None
-
+        onnx = require("onnx", "ONNX export")
         # Store weights inside the one file (small models) so the file can be moved on its own.
         onnx.save_model(onnx.load(str(temporary)), str(path), save_as_external_data=False)
     return path
@@ -95,11 +91,7 @@ def quantize_int8(model: Any, calibration: np.ndarray) -> Any:
     Returns:
         The quantised ``openvino.Model``.
     """
-    try:
-        import nncf
-    except ImportError as error:
-        raise MissingExtraError(f"int8 export needs NNCF ({error}): {FAST_EXTRA}") from None
-
+    nncf = require("nncf", "int8 export")
     dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
     return nncf.quantize(
         model,
@@ -111,11 +103,7 @@ def quantize_int8(model: Any, calibration: np.ndarray) -> Any:
 
 
 def _export_openvino(onnx_path: Path, out_dir: Path, calibration: np.ndarray | None) -> list[Path]:
-    try:
-        import openvino as ov
-    except ImportError as error:
-        raise MissingExtraError(f"OpenVINO export needs OpenVINO ({error}): {FAST_EXTRA}") from None
-
+    ov = require("openvino", "OpenVINO export")
     model = ov.convert_model(str(onnx_path))
     written = [out_dir / "model.xml", out_dir / "model.bin"]
     ov.save_model(model, str(written[0]), compress_to_fp16=False)

@@ -21,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from polypseg.errors import MissingExtraError
+from polypseg.extras import require
 from polypseg.files import atomic_write, atomic_write_csv, remove_stale_temporaries
 from polypseg.images import InputError
 from polypseg.inference.outputs import output_stems, overlay
@@ -84,11 +84,7 @@ def split_video_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[s
 
 
 def _av() -> Any:
-    try:
-        import av
-    except ImportError as error:
-        raise MissingExtraError(f"video input needs PyAV ({error}): pip install 'polypseg[video]'") from None
-    return av
+    return require("av", "video input")
 
 
 def _encoder(av: Any, path: Path, width: int, height: int) -> tuple[str, str]:
