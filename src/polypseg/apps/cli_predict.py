@@ -17,7 +17,7 @@ from polypseg.apps.cli_options import (
     options_from,
     positive_int,
 )
-from polypseg.apps.webdemo import serve
+from polypseg.apps.webdemo import DEFAULT_HOST, DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, serve
 from polypseg.files import expand_inputs
 from polypseg.inference import Predictor, predict_files, print_result
 from polypseg.inference.video import predict_videos, print_video_result, split_video_inputs
@@ -183,13 +183,19 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--tta", action="store_true", help=TTA_HELP + "; with --web: the page's TTA default")
     parser.add_argument("--web", action="store_true", help="serve a web page instead (needs polypseg[demo])")
-    parser.add_argument("--host", default="127.0.0.1", help="--web: interface to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7860, help="--web: port (default: 7860)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"--web: interface to listen on (default: {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"--web: port (default: {DEFAULT_PORT})")
     parser.add_argument(
-        "--max-upload-mb", type=float, default=20.0, help="--web: largest upload per file, in MB (default: 20)"
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help=f"--web: largest upload per file, in MB (default: {DEFAULT_MAX_UPLOAD_MB:g})",
     )
     parser.add_argument(
-        "--max-megapixels", type=float, default=40.0, help="--web: largest image segmented, in MP (default: 40)"
+        "--max-megapixels",
+        type=float,
+        default=DEFAULT_MAX_MEGAPIXELS,
+        help=f"--web: largest image segmented, in MP (default: {DEFAULT_MAX_MEGAPIXELS:g})",
     )
     add_weights_options(parser)
     parser.set_defaults(handler=_demo)

@@ -97,6 +97,9 @@ __all__ = [
 ]
 
 
+#: Where the page listens by default: this machine only (see :func:`host_warning`).
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
 #: Largest upload Gradio accepts, per file, in MB (2**20 bytes).
 DEFAULT_MAX_UPLOAD_MB = 20.0
 #: Largest image the page segments, in millions of pixels: its logits (3 float32 per pixel) are computed at
@@ -348,8 +351,8 @@ def host_warning(host: str) -> str | None:
 
 def serve(
     weights: str | Path | None = None,
-    host: str = "127.0.0.1",
-    port: int = 7860,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
     block: bool = True,
     precision: str = "auto",
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
