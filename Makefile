@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # The CPU build of PyTorch. An unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint install dev clean
+.PHONY: demo test lint coverage install dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,9 @@ test: lint
 	POLYPSEG_NATIVE_BF16=1 $(VENV)/bin/python -m pytest -q -m precision
 	$(VENV)/bin/python -m pytest -q
 
+# The whole suite with line coverage of src/polypseg (slower than `make test`; not part of it).
+coverage: dev
+	$(VENV)/bin/python -m pytest -q --cov=polypseg --cov-report=term --cov-report=json:coverage.json
+
 clean:
-	rm -rf $(VENV) demo-output predictions .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output predictions .pytest_cache .ruff_cache .coverage coverage.json
