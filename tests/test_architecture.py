@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "polypseg"
+from helpers import REPO_ROOT
+
+SRC = REPO_ROOT / "src" / "polypseg"
 #: Optional extras imported where they are used (and only there), so the core stays light.
 LAZY_EXTRAS = {
     "av": {"polypseg.inference.video"},
