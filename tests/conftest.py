@@ -6,6 +6,11 @@ Fixtures here are generic so that every test module (model, data, training, infe
 * ``real_subset``: the path of the real Kvasir-SEG copy shared with the project (skips when absent).
 * ``write_image`` / ``write_mask``: helpers to put one image or mask file anywhere.
 * ``tiny_unet``: a freshly initialised ``UNet(base_channels=8)`` in eval mode.
+* ``partial_polyp_weights``: untrained weights whose polyp class wins on a chosen share of an image.
+* ``stand_in_hub``: a stand-in Hugging Face Hub on 127.0.0.1 (``hub_server.py``), huggingface_hub pointed at it.
+
+Plain helpers that test modules import (``tiny_config``, ``REPO_ROOT``, ...) live in ``helpers.py``; fixtures
+used by one folder only live in that folder's ``conftest.py``.
 
 Torch runs single-threaded in the tests (override with ``POLYPSEG_TEST_THREADS``): on the tiny tensors
 used here, extra threads only add overhead, and on a busy machine they make a forward pass ~10x slower.
@@ -22,10 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-#: Repository root (the folder holding ``pyproject.toml``).
-REPO_ROOT = Path(__file__).resolve().parents[1]
-#: Where the project keeps its copy of Kvasir-SEG (``images/`` and ``masks/``, 1000 JPEG pairs).
-REAL_DATASET_DIR = REPO_ROOT.parent / "shared" / "datasets" / "kvasir-seg"
+from helpers import REAL_DATASET_DIR
 
 #: (width, height) of the images the synthetic dataset writes by default: non-square and square sizes.
 DEFAULT_SYNTHETIC_SIZES: tuple[tuple[int, int], ...] = ((70, 50), (64, 64), (48, 80), (64, 64))
@@ -166,3 +168,24 @@ def partial_polyp_weights() -> Callable[..., Path]:
         return save_pretrained(model, folder, metadata={"input_size": [64, 64]})
 
     return make
+
+
+@pytest.fixture
+def stand_in_hub(tmp_path, monkeypatch):
+    """A running stand-in Hub, with huggingface_hub pointed at it and at an empty cache in ``tmp_path``."""
+    from huggingface_hub import constants
+
+    from hub_server import StandInHub
+    from polypseg.weights import hub
+
+    server = StandInHub()
+    monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
+    monkeypatch.setattr(hub, "_downloaded", {})
+    yield server
+    server.close()

@@ -179,3 +179,14 @@ def test_real_masks_round_trip(real_subset):
         assert boundary > 0, path.name
         assert boundary < polyp, path.name
         assert boundary < 0.5 * binary.sum(), path.name
+
+
+@pytest.mark.precision
+def test_fast_class_argmax_equals_argmax_with_ties():
+    from polypseg.classes import logits_to_classes
+
+    logits = torch.randn(3, 97, 131)
+    logits[:, :10] = torch.randint(0, 2, (3, 10, 131)).float()  # many exact ties
+    assert torch.equal(logits_to_classes(logits), logits.argmax(0).to(torch.uint8))
+    batched = torch.randn(2, 3, 17, 19)
+    assert torch.equal(logits_to_classes(batched), batched.argmax(1).to(torch.uint8))

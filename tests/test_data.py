@@ -17,7 +17,6 @@ from polypseg.data import (
     parse_split_sizes,
     save_splits,
 )
-from polypseg.images import resize_image, resize_mask
 
 FAKE_NAMES = [f"img{i:04d}" for i in range(1000)]
 
@@ -263,21 +262,6 @@ def test_real_subset_loads(real_subset):
     pairs = load_pairs(samples[:2], image_size=64, workers=2)
     assert pairs.images.shape == (2, 3, 64, 64)
     assert set(pairs.masks.unique().tolist()) == {0, 1}
-
-
-# --- resizing ---------------------------------------------------------------------------------------
-
-
-def test_resize_image_and_mask():
-    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    assert resize_image(image, (32, 48)).shape == (32, 48, 3)
-    assert resize_image(image, (50, 70)) is image
-    mask = np.where(np.arange(70)[None, :] < 35, 250, 5).repeat(50, 0).astype(np.uint8)
-    resized = resize_mask(mask, (32, 32))
-    assert resized.shape == (32, 32)
-    assert resized.dtype == bool
-    assert resized[:, :15].all()
-    assert not resized[:, 17:].any()
 
 
 # --- augmentation -----------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "polypseg"
+from helpers import REPO_ROOT
+
+SRC = REPO_ROOT / "src" / "polypseg"
 REFERENCE = re.compile(r":(?:func|class|mod|data|meth|attr|exc|obj):`~?([A-Za-z_][\w.]*)`")
 #: Top-level packages other than ours that docstrings refer to; their references are not checked here.
 FOREIGN = ("gradio", "torch", "lightning", "numpy", "PIL", "kornia", "torchmetrics", "safetensors", "huggingface_hub")

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polypseg.metrics import SegmentationMetrics, binary_image_scores, class_counts, ratio
+from polypseg.metrics import SegmentationMetrics, binary_image_scores, class_counts, find_polyps, ratio
 
 # Hand-made 2x4 class maps (0 background, 1 polyp, 2 boundary).
 TARGET = torch.tensor([[[0, 0, 1, 1], [0, 2, 2, 1]]])
@@ -231,24 +231,6 @@ def test_detection_counts_from_masks_and_from_boxes():
     assert float(boxed.compute()["detection_recall"]) == pytest.approx(1.0)
 
 
-def test_read_truth_boxes_scales_to_the_evaluation_size(tmp_path):
-    import json
-
-    from polypseg.evaluation import read_truth_boxes
-
-    assert read_truth_boxes(tmp_path, 256) is None
-    entry = {
-        "height": 512,
-        "width": 1024,
-        "bbox": [{"label": "polyp", "xmin": 0, "ymin": 256, "xmax": 512, "ymax": 512}],
-    }
-    (tmp_path / "kavsir_bboxes.json").write_text(json.dumps({"a": entry}))
-    assert read_truth_boxes(tmp_path, 256) == {"a": [(0, 128, 128, 256)]}
-    (tmp_path / "kavsir_bboxes.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="kavsir_bboxes.json"):
-        read_truth_boxes(tmp_path, 256)
-
-
 # --- literature measures (pysodmetrics) --------------------------------------------------------------
 
 # A 4x4 mask with a 2x2 polyp in the middle (4 of 16 pixels).
@@ -381,3 +363,17 @@ def test_literature_measures_are_off_by_default_and_need_logits():
     metric = SegmentationMetrics(literature=True)
     metric.update(truth, truth)  # class maps carry no probability: no literature measures
     assert not any(key.startswith("lit_") for key in metric.compute())
+
+
+@pytest.mark.precision
+def test_find_polyps_counts_regions_and_boxes():
+    mask = np.zeros((20, 30), bool)
+    mask[2:6, 3:9] = True  # 24 px
+    mask[10:19, 20:29] = True  # 81 px
+    mask[0, 29] = True  # 1 px speck
+    regions = find_polyps(mask)
+    assert [r.pixels for r in regions] == [81, 24, 1]
+    assert regions[0].box == (20, 10, 29, 19)
+    assert regions[1].box == (3, 2, 9, 6)
+    assert [r.pixels for r in find_polyps(mask, min_pixels=2)] == [81, 24]
+    assert find_polyps(np.zeros((5, 5), bool)) == []

@@ -13,6 +13,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
+from helpers import REAL_DATASET_DIR, REPO_ROOT, tiny_config
 from polypseg.apps.cli import main
 from polypseg.classes import logits_to_classes, polyp_probability
 from polypseg.config import TrainConfig, load_config
@@ -23,11 +24,6 @@ from polypseg.model import UNet
 from polypseg.training import train
 from polypseg.tta import flip_tta
 from polypseg.weights import inspect_weights, load_pretrained, read_model_config, save_pretrained
-from test_training import tiny_config
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_DATASET_DIR = REPO_ROOT.parent / "shared" / "datasets" / "kvasir-seg"
-
 
 # --- loss, class maps, probabilities -----------------------------------------------------------------
 

@@ -150,3 +150,29 @@ def test_predict_case_divides_by_the_images_it_wrote(tmp_path, monkeypatch, writ
     written = len(list((tmp_path / "work" / "predict").glob("*_mask.png")))
     assert result.extra["images"] == written == 3 and result.extra["inputs"] == 5
     assert result.images_per_second == pytest.approx(result.extra["images"] / result.extra["seconds"])
+
+
+@pytest.mark.slow
+def test_benchmark_measures_side_by_side(tmp_path, monkeypatch):
+    from polypseg.apps import benchmark
+
+    cases = [
+        benchmark.BenchmarkCase("infer", "torch", "32", 4, 1, channels_last=False),
+        benchmark.BenchmarkCase("infer", "torch", "32", 4, 1),
+        benchmark.BenchmarkCase("train", "torch", "32", 4, 2),
+        benchmark.BenchmarkCase("infer", "nosuchruntime", "32", 4, 1),
+    ]
+    monkeypatch.setattr(benchmark, "default_cases", lambda quick: cases)
+    lines = []
+    results = benchmark.run_benchmark(
+        quick=True, seconds=0.05, out=tmp_path / "bench.json", progress=lines.append, isolated=False
+    )
+    assert len(results) == len(lines) == 4
+    eager, channels_last, training, broken = results
+    assert eager.ratio == pytest.approx(1.0)
+    assert channels_last.ratio == pytest.approx(channels_last.images_per_second / eager.images_per_second)
+    assert training.ratio == pytest.approx(1.0) and training.gflops_per_second > 0
+    assert broken.error and broken.images_per_second is None and "failed" in lines[-1]
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    assert len(payload["results"]) == 4 and payload["gflops_per_image"]["64"] == pytest.approx(98.75, abs=0.1)
+    assert "cpu" in payload["machine"]

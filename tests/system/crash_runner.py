@@ -1,6 +1,6 @@
 """Run ``polypseg.cli`` in this process and kill it with SIGKILL at a chosen moment (test helper only).
 
-Usage: ``python tests/crash_runner.py [--kill-at-step N | --kill-in-save K | --kill-in-swap K] -- CLI ARGS``
+Usage: ``python tests/system/crash_runner.py [--kill-at-step N | --kill-in-save K | --kill-in-swap K] -- CLI ARGS``
 
 * ``--kill-at-step N``: SIGKILL at the start of optimizer step N (0-based global step), i.e. mid-epoch.
 * ``--kill-in-save K``: during the K-th save of ``last.ckpt`` (1-based), write half of the checkpoint

@@ -1,8 +1,9 @@
+"""Reading images and masks (``polypseg.images``): colour modes, EXIF, bad files in one line, colour masks,
+floating-point images, resizing and the network's input."""
+
+from __future__ import annotations
+
 import io as stdlib_io
-import os
-import signal
-import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,16 +11,7 @@ from PIL import Image
 
 from polypseg.classes import binarize_mask
 from polypseg.errors import InputError
-from polypseg.files import (
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_folder,
-    atomic_write_text,
-    remove_stale_temporaries,
-)
-from polypseg.images import read_image, read_mask
-
-posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions, fork and flock")
+from polypseg.images import network_input, read_image, read_mask, resize_image, resize_mask
 
 
 def _gradient(height: int = 20, width: int = 30) -> np.ndarray:
@@ -125,37 +117,6 @@ def test_missing_file_and_directory_raise_input_error(tmp_path):
         read_image(tmp_path / "folder.png")
 
 
-def test_atomic_write_leaves_no_temporary_files(tmp_path):
-    target = tmp_path / "sub" / "out.txt"
-    with atomic_write(target) as temporary:
-        assert temporary.parent == target.parent
-        assert temporary != target
-        temporary.write_text("hello")
-    assert target.read_text() == "hello"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["out.txt"]
-
-
-def test_atomic_write_keeps_old_file_when_block_raises(tmp_path):
-    target = tmp_path / "out.txt"
-    target.write_text("old")
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_write(target) as temporary:
-            temporary.write_text("half-written")
-            raise RuntimeError("boom")
-    assert target.read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
-
-
-def test_atomic_write_helpers(tmp_path):
-    atomic_write_bytes(tmp_path / "a.bin", b"\x00\x01")
-    atomic_write_text(tmp_path / "b.txt", "héllo")
-    assert (tmp_path / "a.bin").read_bytes() == b"\x00\x01"
-    assert (tmp_path / "b.txt").read_text(encoding="utf-8") == "héllo"
-    atomic_write_text(tmp_path / "b.txt", "replaced")
-    assert (tmp_path / "b.txt").read_text() == "replaced"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.txt"]
-
-
 # --------------------------------------------------------------------------------------------------
 # Colour masks (issue 10, section 3, finding 8)
 
@@ -229,59 +190,23 @@ def test_a_float_image_that_cannot_be_meant_is_refused_in_one_line(tmp_path, bad
     assert problem in str(caught.value) and "\n" not in str(caught.value)
 
 
-# --------------------------------------------------------------------------------------------------
-# Permissions and stale temporary files (finding 13)
+# --- resizing ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def umask():
-    """Set the process umask for one test: ``umask(0o022)``; the previous one is restored afterwards."""
-    previous = os.umask(0o022)
-    os.umask(previous)
-    yield os.umask
-    os.umask(previous)
+def test_resize_image_and_mask():
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    assert resize_image(image, (32, 48)).shape == (32, 48, 3)
+    assert resize_image(image, (50, 70)) is image
+    mask = np.where(np.arange(70)[None, :] < 35, 250, 5).repeat(50, 0).astype(np.uint8)
+    resized = resize_mask(mask, (32, 32))
+    assert resized.shape == (32, 32)
+    assert resized.dtype == bool
+    assert resized[:, :15].all()
+    assert not resized[:, 17:].any()
 
 
-@posix_only
-@pytest.mark.parametrize("mask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
-def test_written_files_and_folders_follow_the_umask(tmp_path, umask, mask, file_mode, folder_mode):
-    umask(mask)
-    atomic_write_text(tmp_path / "a.txt", "a")
-    atomic_write_bytes(tmp_path / "sub" / "b.bin", b"b")
-    with atomic_write_folder(tmp_path / "best") as staging:
-        atomic_write_text(staging / "config.json", "{}")
-    for path in (tmp_path / "a.txt", tmp_path / "sub" / "b.bin", tmp_path / "best" / "config.json"):
-        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
-    for path in (tmp_path / "sub", tmp_path / "best"):
-        assert stat.S_IMODE(path.stat().st_mode) == folder_mode, path
-
-
-def kill_during_write(target: Path) -> Path:
-    """Fork a process that dies by SIGKILL inside :func:`atomic_write`; return the temporary file it left."""
-    before = set(target.parent.iterdir()) if target.parent.is_dir() else set()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child never returns
-        try:
-            with atomic_write(target) as temporary:
-                temporary.write_bytes(b"half")
-                os.kill(os.getpid(), signal.SIGKILL)
-        finally:
-            os._exit(1)
-    _, status = os.waitpid(child, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    (left,) = set(target.parent.iterdir()) - before
-    return left
-
-
-@posix_only
-def test_stale_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
-    stale = kill_during_write(tmp_path / "x_mask.png")
-    assert stale.name.startswith(".") and stale.name.endswith(".tmp") and not (tmp_path / "x_mask.png").exists()
-    users = [".notes.tmp", ".x_mask.png.abc12345.tmp", "notes.tmp", ".polypseg-tmp-notes.tmp"]
-    for name in users:
-        (tmp_path / name).write_text("the user's")
-    with atomic_write(tmp_path / "live.png") as live:  # a writer that is still running keeps its file
-        live.write_bytes(b"in progress")
-        assert remove_stale_temporaries(tmp_path) == [stale]
-        assert live.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "live.png"])
+def test_network_input_matches_training_resize(write_image, tmp_path):
+    path = write_image(tmp_path / "a.jpg", size=(70, 50))
+    batch = network_input([read_image(path)], 64)
+    assert batch.shape == (1, 3, 64, 64) and batch.dtype == np.float32
+    assert 0.0 <= batch.min() and batch.max() <= 1.0

@@ -1,19 +1,16 @@
-"""Export to ONNX / OpenVINO with parity checks, the inference backends, and the benchmark harness."""
+"""Export to ONNX / OpenVINO (``polypseg.deploy.export``): the files, parity, int8, the export cache, and
+predict on an export."""
 
 from __future__ import annotations
 
 import json
-import re
-import sys
 
 import numpy as np
 import pytest
 
-from polypseg.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, TorchBackend, installed_backends
-from polypseg.deploy.export import INT8_OPTIONS, _export_openvino, export_model, quantize_int8
-from polypseg.errors import MissingExtraError, WeightsError
+from polypseg.deploy.backends import OnnxRuntimeBackend, OpenVINOBackend, TorchBackend
+from polypseg.deploy.export import INT8_OPTIONS, export_model, quantize_int8
 from polypseg.evaluation.parity import export_parity
-from polypseg.images import network_input, read_image
 from polypseg.weights import load_pretrained, save_pretrained
 
 pytest.importorskip("onnxruntime")
@@ -107,83 +104,6 @@ def test_unknown_format(tmp_path):
         export_model(None, "tflite", tmp_path)
 
 
-@pytest.mark.parametrize(
-    "module, build",
-    [
-        ("onnxruntime", lambda path: OnnxRuntimeBackend(path)),
-        ("openvino", lambda path: OpenVINOBackend(path)),
-        ("openvino", lambda path: _export_openvino(path / "model.onnx", path, None)),
-        ("nncf", lambda path: quantize_int8(None, np.zeros((1, 3, 16, 16), dtype=np.float32))),
-    ],
-)
-def test_a_missing_runtime_names_the_fast_extra(tmp_path, monkeypatch, module, build):
-    monkeypatch.setitem(sys.modules, module, None)  # `import MODULE` raises ImportError
-    with pytest.raises(MissingExtraError, match=re.escape("pip install 'polypseg[fast]'")) as caught:
-        build(tmp_path)
-    assert isinstance(caught.value, ImportError) and "\n" not in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    "backend, name",
-    [(OnnxRuntimeBackend, "model.onnx"), (OpenVINOBackend, "model.xml"), (OpenVINOBackend, "model.onnx")],
-)
-def test_a_damaged_model_file_is_one_line_naming_it(tmp_path, backend, name):
-    (tmp_path / name).write_bytes(b"<net> not a model")
-    with pytest.raises(WeightsError, match=f"{name}: .* cannot load this model") as caught:
-        backend(tmp_path / name)
-    assert "\n" not in str(caught.value)
-    with pytest.raises(FileNotFoundError, match="missing.onnx"):
-        backend(tmp_path / "missing.onnx")
-
-
-def test_network_input_matches_training_resize(write_image, tmp_path):
-    path = write_image(tmp_path / "a.jpg", size=(70, 50))
-    batch = network_input([read_image(path)], 64)
-    assert batch.shape == (1, 3, 64, 64) and batch.dtype == np.float32
-    assert 0.0 <= batch.min() and batch.max() <= 1.0
-
-
-def test_torch_backend_precisions(tiny_unet):
-    images = np.random.default_rng(2).random((2, 3, 32, 32), dtype=np.float32)
-    fp32 = TorchBackend(tiny_unet, precision="32")(images)
-    bf16 = TorchBackend(tiny_unet, precision="bf16")(images)
-    assert fp32.shape == bf16.shape == (2, 3, 32, 32) and fp32.dtype == np.float32
-    assert (fp32.argmax(1) == bf16.argmax(1)).mean() > 0.9
-    with pytest.raises(ValueError, match="precision"):
-        TorchBackend(tiny_unet, precision="int4")
-
-
-def test_installed_backends_lists_torch_last():
-    backends = installed_backends()
-    assert backends == ["onnxruntime", "openvino", "torch"]
-
-
-@pytest.mark.slow
-def test_benchmark_measures_side_by_side(tmp_path, monkeypatch):
-    from polypseg.apps import benchmark
-
-    cases = [
-        benchmark.BenchmarkCase("infer", "torch", "32", 4, 1, channels_last=False),
-        benchmark.BenchmarkCase("infer", "torch", "32", 4, 1),
-        benchmark.BenchmarkCase("train", "torch", "32", 4, 2),
-        benchmark.BenchmarkCase("infer", "nosuchruntime", "32", 4, 1),
-    ]
-    monkeypatch.setattr(benchmark, "default_cases", lambda quick: cases)
-    lines = []
-    results = benchmark.run_benchmark(
-        quick=True, seconds=0.05, out=tmp_path / "bench.json", progress=lines.append, isolated=False
-    )
-    assert len(results) == len(lines) == 4
-    eager, channels_last, training, broken = results
-    assert eager.ratio == pytest.approx(1.0)
-    assert channels_last.ratio == pytest.approx(channels_last.images_per_second / eager.images_per_second)
-    assert training.ratio == pytest.approx(1.0) and training.gflops_per_second > 0
-    assert broken.error and broken.images_per_second is None and "failed" in lines[-1]
-    payload = json.loads((tmp_path / "bench.json").read_text())
-    assert len(payload["results"]) == 4 and payload["gflops_per_image"]["64"] == pytest.approx(98.75, abs=0.1)
-    assert "cpu" in payload["machine"]
-
-
 @pytest.mark.slow
 def test_predictor_on_exported_backends_matches_torch(exported):
     from polypseg.images import read_image
@@ -222,20 +142,6 @@ def test_load_backend_exports_once_and_caches(exported, tmp_path, monkeypatch):
     # width 8 is a small model: PyTorch bf16 leads on a CPU with native bf16 (measured at width 16)
     assert (auto.name, auto.precision) == ("torch", "bf16") and "native bf16" in auto.auto_choice.reason
     assert load_backend(weights, "openvino").name == "openvino"
-
-
-def test_load_backend_refuses_what_it_cannot_do(tmp_path, tiny_unet):
-    from polypseg.deploy.runtime import load_backend
-
-    weights = save_pretrained(tiny_unet, tmp_path / "w")
-    with pytest.raises(ValueError, match="int8"):
-        load_backend(weights, "openvino", "int8")
-    with pytest.raises(ValueError, match="backend"):
-        load_backend(weights, "tensorrt")
-    (tmp_path / "export").mkdir()
-    (tmp_path / "export" / "model.onnx").write_bytes(b"")
-    with pytest.raises(ValueError, match="export folder"):
-        load_backend(tmp_path / "export", "torch")
 
 
 @pytest.mark.slow

@@ -1,46 +1,19 @@
-"""The training loop end to end: run folder contents, loss going down, resume, evaluation."""
+"""``train()`` end to end: run folder contents, loss going down, resume, time budgets, DDP, initial weights,
+and a run made before the package layout."""
 
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
+import time
 
 import pytest
 import torch
-import yaml
+from safetensors.torch import load_file
 
+from helpers import FIXTURES_DIR, read_rows, tiny_config
 from polypseg.config import TrainConfig, load_config
-from polypseg.data import find_pairs, load_pairs
-from polypseg.errors import InputError
-from polypseg.evaluation import evaluate
 from polypseg.training import SegmentationModule, train
 from polypseg.weights import load_pretrained
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**overrides: object) -> TrainConfig:
-    base = TrainConfig(
-        base_channels=4,
-        image_size=64,
-        split_sizes=[8, 2, 2],
-        batch_size=4,
-        epochs=2,
-        lr=3e-3,
-        scheduler="cosine",
-        precision="32",
-        accelerator="cpu",
-        devices=1,
-        log_every_n_steps=1,
-        boundary_width_px=1,
-    )
-    return base.updated(**overrides)
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_train_writes_the_run_folder(synthetic_dataset, tmp_path):
@@ -116,89 +89,6 @@ def test_augmented_training_runs(synthetic_dataset, tmp_path):
     data = synthetic_dataset(sizes=[(64, 64)] * 12)
     train(tiny_config(epochs=1, augment=True), data, tmp_path / "run")
     assert (tmp_path / "run" / "best" / "model.safetensors").exists()
-
-
-def test_evaluate_scores_a_perfect_model_as_perfect(synthetic_dataset):
-    """A module whose 'model' returns the truth as logits must score 1 everywhere and a small loss."""
-    data = synthetic_dataset(sizes=[(64, 64)] * 3, mask_suffix=".png")
-    pairs = load_pairs(find_pairs(data), image_size=64)
-    module = SegmentationModule(tiny_config().to_dict())
-    result = evaluate(module.model, pairs, batch_size=2, boundary_width_px=1, precision="32", accelerator="cpu")
-    assert len(result.rows) == 3
-    assert {row["name"] for row in result.rows} == {"sample_000", "sample_001", "sample_002"}
-    for key in ("mean_dice", "polyp_dice", "polyp_dice_dataset", "loss"):
-        assert 0.0 <= result.metrics[key] <= 2.0
-
-
-def test_configs_in_the_repository_load():
-    for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
-        config = load_config(path)
-        assert config.to_dict() == TrainConfig.from_dict(yaml.safe_load(path.read_text())).to_dict()
-    seed = load_config(REPO_ROOT / "configs" / "seed.yaml")
-    assert (seed.base_channels, seed.lr, seed.batch_size, seed.epochs) == (64, 1e-4, 8, 20)
-    assert (seed.scheduler, seed.plateau_factor, seed.plateau_patience, seed.min_lr) == ("plateau", 0.5, 3, 1e-6)
-    assert seed.split_sizes == [800, 100, 100] and seed.augment == "none" and seed.monitor == "val_dice"
-
-
-def test_unknown_config_key_is_rejected(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("epochs: 3\nlearning_rate: 0.1\n")
-    with pytest.raises(ValueError, match="learning_rate"):
-        load_config(path)
-
-
-@pytest.mark.parametrize(
-    "line, named",
-    [
-        ("epochs: -5", "epochs must be an integer from 1"),
-        ("epochs: ten", "epochs must be an integer"),
-        ("batch_size: 0", "batch_size must be an integer from 1"),
-        ("lr: 0", "lr must be a positive number"),
-        ("lr: fast", "lr must be a number"),
-        ("base_channels: 7", "base_channels must be even"),
-        ("base_channels: 400", "base_channels must be an integer from 2 to 256"),
-        ("head_kernel_size: 4", "head_kernel_size must be odd"),
-        ("image_size: 0", "image_size must be an integer from 16 to 2048"),
-        ("image_size: 65536", "image_size must be an integer from 16 to 2048"),
-        ("image_size: 100", "image_size must be a multiple of 16"),
-        ("boundary_width_px: 1000000000", "boundary_width_px must be an integer from 0 to 64"),
-        ("split_sizes: [a, 1, 2]", "split_sizes must be 3 non-negative numbers"),
-        ("split_sizes: [8, -1, 2]", "split_sizes must be 3 non-negative numbers"),
-    ],
-)
-def test_config_numbers_are_bounded_and_the_file_is_named(tmp_path, line, named):
-    path = tmp_path / "bad.yaml"
-    path.write_text(f"{line}\n")
-    with pytest.raises(ValueError, match=named) as caught:
-        load_config(path)
-    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
-
-
-def test_config_yaml_that_is_not_utf8_is_named(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_bytes(b"epochs: 3\nmonitor: \xff\xfe\n")
-    with pytest.raises(ValueError, match="cannot read config") as caught:
-        load_config(path)
-    assert str(caught.value).startswith(f"{path}: ")
-
-
-@pytest.mark.parametrize(
-    "content, named",
-    [
-        (b"epochs: [3\n", "cannot read config"),  # yaml.YAMLError
-        (b"run_id: 2020-13-45\n", "cannot read config: month must be in 1..12"),  # ValueError in PyYAML
-        (b"epochs: !!int ten\n", "cannot read config"),
-        (b"seed: " + b"[" * 5000 + b"]" * 5000 + b"\n", "cannot read config"),  # RecursionError
-        (b"1: 2\n", "keywords must be strings"),  # TypeError from the keyword arguments
-        (b"- epochs\n", "a config must be a mapping"),
-    ],
-)
-def test_config_yaml_that_yaml_cannot_read_is_one_input_error(tmp_path, content, named):
-    path = tmp_path / "bad.yaml"
-    path.write_bytes(content)
-    with pytest.raises(InputError, match=named) as caught:
-        load_config(path)
-    assert caught.value.path == path and "\n" not in str(caught.value)
 
 
 @pytest.mark.slow
@@ -338,7 +228,34 @@ def test_compiled_training_keeps_plain_checkpoints(synthetic_dataset, tmp_path):
     assert [int(r["epoch"]) for r in read_rows(run / "metrics.csv")] == [0, 1]
 
 
-PRE_LAYOUT_RUN = Path(__file__).parent / "fixtures" / "pre-layout-run"
+def test_time_budget_stops_on_time_writes_best_and_resume_counts_the_spent_time(synthetic_dataset, tmp_path):
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    run = tmp_path / "run"
+    config = tiny_config(epochs=1000, time_budget="4s", scheduler="onecycle", ema_decay=0.9, train_sizes=[32, 64])
+    start = time.monotonic()
+    result = train(config, data, run)
+    elapsed = time.monotonic() - start
+    assert elapsed < 60  # stopped by the budget, not by 1000 epochs
+    rows = read_rows(run / "metrics.csv")
+    assert 1 <= len(rows) < 1000 and result.best_score is not None
+    assert (run / "best" / "model.safetensors").exists()
+    assert load_config(run / "config.yaml").time_budget == 4.0
+    saved = json.loads((run / "best" / "config.json").read_text())["training"]["config"]
+    assert saved["time_budget"] == 4.0 and saved["ema_decay"] == 0.9
+    # The schedule ran over the budget: the learning rate came down from its peak by the end.
+    assert float(rows[-1]["lr"]) < 3e-3
+    # Resuming a run whose budget is spent trains no further epoch ...
+    train(tiny_config(), None, run, resume=True)
+    assert len(read_rows(run / "metrics.csv")) == len(rows)
+    # ... and a larger budget on resume continues it, counting the time already spent.
+    before = load_file(run / "best" / "model.safetensors")
+    train(tiny_config(time_budget="8s"), None, run, resume=True)
+    assert len(read_rows(run / "metrics.csv")) > len(rows)
+    assert load_config(run / "config.yaml").time_budget == 8.0
+    assert before.keys() == load_file(run / "best" / "model.safetensors").keys()
+
+
+PRE_LAYOUT_RUN = FIXTURES_DIR / "pre-layout-run"
 
 
 def test_resume_of_a_run_made_before_the_layout(synthetic_dataset, tmp_path):

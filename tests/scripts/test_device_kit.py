@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import REPO_ROOT
 from polypseg.data import find_pairs, load_pairs, load_splits, make_splits
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 KIT_DIR = REPO_ROOT / "scripts" / "device"
 
 

@@ -1,12 +1,13 @@
 """Crash safety: a training run killed with SIGKILL at any moment resumes and ends exactly like an
 uninterrupted run; checkpoints and ``best/`` are never half-written.
 
-The kills happen in real ``polypseg train`` processes (``tests/crash_runner.py`` patches the process it
+The kills happen in real ``polypseg train`` processes (``tests/system/crash_runner.py`` patches the process it
 runs in; the library has no test hooks). Runs are deterministic (``deterministic: true``, fp32,
 single-threaded torch, batch order and augmentation keyed to (seed, epoch)), and two uninterrupted runs
 on the same CPU are identical bit for bit, so the resumed run is compared bit for bit too: the same
 ``metrics.csv`` (except the seconds column), the same ``best/`` and the same final weights, optimizer
 and scheduler state.
+The atomic writers themselves are tested in ``tests/test_files.py`` and ``tests/training/test_checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from safetensors.torch import load_file
 
 import polypseg
 from polypseg.apps.cli import main
-from polypseg.files import atomic_write_folder, recover_folder, remove_stale_temporaries
-from polypseg.training import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from polypseg.training import CheckpointError, load_checkpoint
 from polypseg.weights import WeightsError, load_pretrained
 
 RUNNER = Path(__file__).with_name("crash_runner.py")
@@ -57,7 +57,7 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_cli(tmp_path: Path, *args: str, kill: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
-    """``polypseg ARGS`` in a fresh process, optionally killed (see tests/crash_runner.py)."""
+    """``polypseg ARGS`` in a fresh process, optionally killed (see tests/system/crash_runner.py)."""
     kill_args = [f"--kill-{kill[0]}", str(kill[1])] if kill else []
     command = [sys.executable, str(RUNNER), *kill_args, "--", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=subprocess_env())
@@ -182,80 +182,6 @@ def test_resume_of_something_that_is_not_a_run_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# The atomic writers the training loop relies on
-
-
-def test_checkpoint_io_never_leaves_a_partial_checkpoint(tmp_path):
-    path = tmp_path / "checkpoints" / "last.ckpt"
-    io = AtomicCheckpointIO()
-    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
-    assert io.load_checkpoint(path)["epoch"] == 1
-
-    class Unpicklable:
-        def __reduce__(self):  # type: ignore[no-untyped-def]
-            raise RuntimeError("cannot save this")
-
-    with pytest.raises(RuntimeError, match="cannot save"):
-        io.save_checkpoint({"state_dict": {}, "epoch": 2, "bad": Unpicklable()}, path)
-    assert io.load_checkpoint(path)["epoch"] == 1
-    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
-
-
-def test_atomic_write_folder_replaces_the_folder_as_a_whole(tmp_path):
-    folder = tmp_path / "best"
-    for version in ("1", "2"):
-        with atomic_write_folder(folder) as staging:
-            assert not folder.joinpath("a").exists() or folder.joinpath("a").read_text() != version
-            (staging / "a").write_text(version)
-            (staging / "b").write_text(version)
-        assert {p.name: p.read_text() for p in folder.iterdir()} == {"a": version, "b": version}
-    with pytest.raises(RuntimeError):
-        with atomic_write_folder(folder) as staging:
-            (staging / "a").write_text("3")
-            raise RuntimeError("interrupted")
-    assert {p.name: p.read_text() for p in folder.iterdir()} == {"a": "2", "b": "2"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
-
-
-def _state(tmp_path: Path, **folders: str) -> Path:
-    for name, version in folders.items():
-        folder = tmp_path / {"final": "best", "new": ".best.new", "old": ".best.old"}[name]
-        folder.mkdir()
-        (folder / "a").write_text(version)
-    return tmp_path / "best"
-
-
-@pytest.mark.parametrize(
-    "left_behind, expected",
-    [
-        ({"final": "2", "new": "3"}, "2"),  # killed while writing the new copy
-        ({"new": "3", "old": "2"}, "3"),  # killed between the two renames: the new copy is complete
-        ({"final": "3", "old": "2"}, "3"),  # killed while deleting the old copy
-        ({"new": "1"}, None),  # killed while writing the very first copy
-        ({"old": "2"}, "2"),  # the swap failed with an error after moving the old copy aside
-    ],
-)
-def test_recover_folder_after_a_kill(tmp_path, left_behind, expected):
-    folder = _state(tmp_path, **left_behind)
-    recover_folder(folder)
-    if expected is None:
-        assert not folder.exists()
-    else:
-        assert (folder / "a").read_text() == expected
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-
-
-def test_remove_stale_temporaries_only_removes_ours(tmp_path):
-    (tmp_path / ".polypseg-tmp-0123456789abcdef.last.ckpt.tmp").write_bytes(b"half")  # no live writer holds it
-    (tmp_path / "last.ckpt").write_bytes(b"whole")
-    (tmp_path / "notes.tmp").write_text("not ours: not hidden")
-    (tmp_path / ".notes.abc123.tmp").write_text("not ours: another pattern")
-    removed = remove_stale_temporaries(tmp_path)
-    assert [p.name for p in removed] == [".polypseg-tmp-0123456789abcdef.last.ckpt.tmp"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.abc123.tmp", "last.ckpt", "notes.tmp"]
-
-
-# --------------------------------------------------------------------------------------------------
 # Hostile resumes and setups: refused in one line, before anything is written
 
 
@@ -340,24 +266,6 @@ def test_failed_setup_writes_nothing_and_the_retry_works(synthetic_dataset, tiny
     assert str(splits) in err and "1 names of the split are not in" in err, err
     assert not run.exists() or not any(run.iterdir())
     assert main([*args, "--split-sizes", "4,2,0"]) == 0
-
-
-def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch):
-    import shutil
-    from collections import namedtuple
-
-    path = tmp_path / "checkpoints" / "last.ckpt"
-
-    def failing_save(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise RuntimeError("[enforce fail at inline_container.cc:603] . basic_ios::clear: iostream error")
-
-    usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(torch, "save", failing_save)
-    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9, 0))
-    with pytest.raises(OSError, match="No space left on device") as caught:
-        AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "epoch": 0}, path)
-    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
-    assert not list(path.parent.iterdir())
 
 
 @pytest.mark.slow

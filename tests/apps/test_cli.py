@@ -11,6 +11,8 @@ import pytest
 
 from polypseg.apps import cli_models
 from polypseg.apps.cli import main
+from polypseg.apps.cli_predict import _throughput
+from polypseg.config import load_config
 from polypseg.data import DatasetError
 from polypseg.errors import InputError, MissingExtraError, UsageError, WeightsError
 from polypseg.training import CheckpointError
@@ -400,3 +402,25 @@ def test_every_argument_error_is_one_line_naming_the_command(argv, capsys):
     assert "usage:" not in err
     if argv[0] != "no-such-command":
         assert err.startswith(f"polypseg {argv[0]}")
+
+
+def test_cli_time_budget_and_presets(synthetic_dataset, tmp_path, capsys):
+    data = synthetic_dataset(sizes=[(64, 64)] * 12)
+    config = tmp_path / "c.yaml"
+    config.write_text("base_channels: 4\nimage_size: 64\nprecision: '32'\nsplit_sizes: [8, 2, 2]\nbatch_size: 4\n")
+    args = ["train", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "run")]
+    assert main([*args, "--time-budget", "3s", "--augment", "light", "--ema-decay", "0.9"]) == 0
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert (saved.time_budget, saved.augment, saved.ema_decay) == (3.0, "light", 0.9)
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "run2"), "--time-budget", "soon"]) == 2
+    assert "not a duration" in capsys.readouterr().err
+
+
+def test_throughput_is_given_with_and_without_the_export():
+    assert (
+        _throughput(10, 14.0, 12.0)
+        == " in 14.0 s, 0.71 images/s (5.00 images/s in 2.0 s without the 12.0 s first export)"
+    )
+    assert _throughput(10, 2.0, 0.0) == " in 2.0 s, 5.00 images/s"
+    assert _throughput(0, 2.0, 0.0) == ""
