@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import pytest
 import torch
@@ -265,8 +266,15 @@ def test_resume_of_a_run_made_before_the_layout(synthetic_dataset, tmp_path):
     data = synthetic_dataset(sizes=[(32, 32)] * 8)
     run = tmp_path / "run"
     shutil.copytree(PRE_LAYOUT_RUN, run)
+    assert (run / "checkpoints" / "last.ckpt").is_file()  # the fixture holds the old code's checkpoint
+    first_epoch = read_rows(run / "metrics.csv")[0]
     before = load_pretrained(run)
-    result = train(load_config(run / "config.yaml").updated(epochs=2), data, run, resume=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(load_config(run / "config.yaml").updated(epochs=2), data, run, resume=True)
+    assert not [w for w in caught if "no checkpoint" in str(w.message)], "the run started again instead of resuming"
     assert result.epochs_run == 2
-    assert [int(row["epoch"]) for row in read_rows(run / "metrics.csv")] == [0, 1]
+    rows = read_rows(run / "metrics.csv")
+    assert [int(row["epoch"]) for row in rows] == [0, 1]
+    assert rows[0] == first_epoch  # epoch 0 is the old run's, not trained again
     assert load_pretrained(run).base_channels == before.base_channels == 2
