@@ -204,7 +204,7 @@ def test_binary_demo_and_card(binary_run, tmp_path, capsys):
 
 def test_binary_web_demo_segments(binary_run):
     pytest.importorskip("gradio")
-    from polypseg.apps.webdemo import segment_paths
+    from polypseg.apps.webpage import segment_paths
 
     predictor = Predictor.from_pretrained(binary_run, precision="32")
     examples = sorted((REAL_DATASET_DIR / "images").glob("*.jpg"))[:2]

@@ -4,7 +4,8 @@ Everything :mod:`polypseg.apps.webdemo` shows is made here from plain arrays and
 view and thumbnails of a segmented image, its caption, the table with a row per image (file names escaped
 for Markdown), the zip of every output, the bundled examples with their one-line descriptions and the note
 on how to read the numbers. Nothing here imports Gradio, so it runs and is tested without the ``demo``
-extra. It also holds the page's static styles and script (:data:`PAGE_CSS`, :data:`PAGE_HEAD`).
+extra. It also reads the page's static styles and script (:data:`PAGE_CSS`, :data:`PAGE_HEAD`) from
+``assets/`` beside it.
 """
 
 import io
@@ -14,6 +15,7 @@ import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -94,53 +96,11 @@ usually a little more accurate.
 
 Research use only; not a medical device, not for diagnosis."""
 
-#: Styles: exact layer opacity (Gradio dims masks to 0.85), a table that scrolls instead of wrapping, a
-#: compact header and example list on phones.
-PAGE_CSS = """
-#main-result .mask { opacity: 1; }
-#main-result .image-container:hover .mask { opacity: 0.25; }
-#main-result .mask.active { opacity: 1; }
-#main-result .mask.inactive { opacity: 0; }
-#upload-note .upload-refused { margin: 0; font-weight: 600; }
-#upload-note .upload-refused:empty { display: none; }
-#summary table { display: block; overflow-x: auto; max-width: 100%; }
-#summary th, #summary td { white-space: nowrap; }
-#examples img { object-fit: contain; }
-#header h1 { margin-bottom: 0.2em; }
-@media (max-width: 640px) {
-  #header h1 { font-size: 1.4em; }
-  #header p { font-size: 0.9em; margin: 0; }
-}
-"""
-
-#: Clears the results the moment new files are chosen or dropped (before they upload), so old results never
-#: sit next to a new upload; when a chosen file is over Gradio's size limit (Gradio would refuse it), the
-#: file list is cleared too and one line under it names the file and the limit (as text, never as HTML).
-PAGE_HEAD = """
-<script>
-(() => {
-  const clearResults = (event) => {
-    const inputs = event.target instanceof Element ? event.target.closest("#inputs") : null;
-    if (!inputs) return;
-    const chosen = event.type === "drop" ? event.dataTransfer?.files : event.target.files;
-    if (event.type === "change" && !(event.target instanceof HTMLInputElement && event.target.type === "file")) return;
-    document.querySelector("#clear-results")?.click();
-    const note = document.querySelector("#upload-note .upload-refused");
-    if (note) note.textContent = "";
-    const limit = window.gradio_config?.max_file_size;
-    const refused = limit && chosen ? Array.from(chosen).filter((file) => file.size > limit) : [];
-    if (refused.length) {
-      inputs.querySelector("button[aria-label='Clear']")?.click();
-      const megabytes = Math.round((limit / 2 ** 20) * 100) / 100;
-      const names = refused.map((file) => file.name).join(", ");
-      if (note) note.textContent = `Not uploaded: ${names}: over this page's limit of ${megabytes} MB per file`;
-    }
-  };
-  document.addEventListener("change", clearResults, true);
-  document.addEventListener("drop", clearResults, true);
-})();
-</script>
-"""
+#: The page's styles (``assets/page.css``: exact layer opacity, a table that scrolls, a compact phone header).
+PAGE_CSS = (files("polypseg.apps") / "assets" / "page.css").read_text(encoding="utf-8")
+#: The page's script (``assets/page_head.html``): results clear the moment new files are chosen or dropped,
+#: and a file over the upload limit is named in one line under the file list.
+PAGE_HEAD = (files("polypseg.apps") / "assets" / "page_head.html").read_text(encoding="utf-8")
 
 
 @dataclass
