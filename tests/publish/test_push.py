@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import safetensors.torch
+import torch
 
 from helpers import same_weights
 from hub_server import OWNER_REPO
 from polypseg.apps.cli import main
+from polypseg.model import UNet
 from polypseg.publish.push import push_to_hub
 from polypseg.weights import load_pretrained, save_pretrained
 
@@ -66,3 +71,27 @@ def test_push_of_a_run_uploads_its_splits(stand_in_hub, tiny_unet, tmp_path):
     files = stand_in_hub.files(OWNER_REPO)
     assert files["splits.json"] == (run / "splits.json").read_bytes()
     assert sorted(files) == [".gitattributes", "README.md", "config.json", "model.safetensors", "splits.json"]
+
+
+@pytest.mark.parametrize("with_old_config", [False, True])
+def test_push_of_foreign_weights_records_the_order_they_were_loaded_with(stand_in_hub, tmp_path, with_old_config):
+    """A bare foreign file (or one whose config.json predates the order) pushed with --decoder-concat up-skip:
+    the Hub's config.json says up-skip, so hf:// loads it right without being told."""
+    torch.manual_seed(0)
+    original = UNet(base_channels=4, decoder_concat="up-skip").eval()
+    renamed = {"net." + key.replace("encoder", "down"): value for key, value in original.state_dict().items()}
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    safetensors.torch.save_file(renamed, str(folder / "model.safetensors"))
+    if with_old_config:
+        (folder / "config.json").write_text('{"input_size": [64, 64], "note": "kept"}\n')
+    before = sorted(p.name for p in folder.iterdir())
+    push_to_hub(folder, OWNER_REPO, token="test-token", decoder_concat="up-skip")
+    config = json.loads(stand_in_hub.files(OWNER_REPO)["config.json"])
+    assert config["decoder_concat"] == "up-skip" and config["task"] == "multiclass" and config["base_channels"] == 4
+    if with_old_config:
+        assert config["note"] == "kept" and config["input_size"] == [64, 64]
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing local is written
+    images = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(load_pretrained(f"hf://{OWNER_REPO}")(images), original(images), atol=1e-5)
