@@ -17,8 +17,9 @@ import torch
 from polypseg.apps.cli import main
 from polypseg.config import TrainConfig
 from polypseg.deploy.backends import TorchBackend
-from polypseg.hardware import NATIVE_BF16_ENV, cpu_flags, cpu_supports_bf16, resolve_precision
+from polypseg.hardware import NATIVE_BF16_ENV, auto_precision, cpu_flags, cpu_supports_bf16, resolve_precision
 from polypseg.inference import Predictor
+from polypseg.model import UNet
 from polypseg.training import train
 from polypseg.weights import save_pretrained
 
@@ -39,6 +40,13 @@ def set_native(monkeypatch):
 def test_override_decides_native_bf16(native, set_native):
     set_native(native)
     assert cpu_supports_bf16() is native
+
+
+@BOTH
+def test_auto_precision_of_inference_follows_native_bf16(native, set_native):
+    set_native(native)
+    assert auto_precision("cpu") == ("bf16" if native else "32")
+    assert TorchBackend(UNet(base_channels=2), "auto").precision == auto_precision("cpu")
 
 
 def test_without_override_the_cpu_flags_decide(monkeypatch):

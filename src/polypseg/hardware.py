@@ -15,7 +15,14 @@ import torch
 
 from polypseg.errors import UsageError
 
-__all__ = ["NATIVE_BF16_ENV", "cpu_flags", "cpu_supports_bf16", "native_bf16_evidence", "resolve_precision"]
+__all__ = [
+    "NATIVE_BF16_ENV",
+    "auto_precision",
+    "cpu_flags",
+    "cpu_supports_bf16",
+    "native_bf16_evidence",
+    "resolve_precision",
+]
 
 #: Environment variable that overrides the detection of native bf16: ``"1"`` (present) or ``"0"`` (absent).
 NATIVE_BF16_ENV = "POLYPSEG_NATIVE_BF16"
@@ -73,6 +80,22 @@ def native_bf16_evidence() -> str:
     flags = cpu_flags()
     present = [flag for flag in ("avx512_bf16", "amx_bf16") if flags[flag]]
     return ", ".join(present) if present else "no avx512_bf16 or amx_bf16 in /proc/cpuinfo"
+
+
+def auto_precision(device: str | torch.device = "cpu") -> str:
+    """What ``precision="auto"`` means for inference on ``device``: bf16 where native, else fp32.
+
+    ``"bf16"`` on a CUDA GPU that supports it or a CPU with :func:`cpu_supports_bf16`, else ``"32"``.
+
+    The one place of the "auto bf16" rule for inference; training's is :func:`resolve_precision`.
+
+    Example:
+        >>> auto_precision("cpu") in ("bf16", "32")
+        True
+    """
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "32"
+    return "bf16" if cpu_supports_bf16() else "32"
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:

@@ -29,7 +29,7 @@ import torch
 
 from polypseg.errors import UsageError, WeightsError, one_line
 from polypseg.extras import require
-from polypseg.hardware import cpu_supports_bf16
+from polypseg.hardware import auto_precision
 from polypseg.model import UNet
 
 __all__ = [
@@ -236,8 +236,7 @@ class TorchBackend:
     def __init__(self, model: UNet, precision: str = "auto", device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         if precision == "auto":
-            native = torch.cuda.is_bf16_supported() if self.device.type == "cuda" else cpu_supports_bf16()
-            precision = "bf16" if native else "32"
+            precision = auto_precision(self.device)
         if precision not in ("32", "bf16"):
             raise UsageError(f"torch backend precision must be auto, 32 or bf16, got {precision!r}")
         self.precision = precision

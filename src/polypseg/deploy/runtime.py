@@ -25,7 +25,7 @@ from polypseg.deploy.backends import (
 )
 from polypseg.deploy.export import export_model
 from polypseg.errors import UsageError
-from polypseg.hardware import cpu_supports_bf16, native_bf16_evidence
+from polypseg.hardware import auto_precision, cpu_supports_bf16, native_bf16_evidence
 from polypseg.weights import Weights, WeightsLike, load_pretrained, resolve
 
 __all__ = ["CachedExport", "export_cache_dir", "load_backend", "plan_auto_backend"]
@@ -181,7 +181,7 @@ def load_backend(
             loaded = OnnxRuntimeBackend(source)
         else:
             if precision == "auto":
-                precision = "bf16" if cpu_supports_bf16() else "32"
+                precision = auto_precision("cpu")
             loaded = OpenVINOBackend(source, precision)
     loaded.auto_choice = choice  # type: ignore[attr-defined]
     loaded.export = made  # type: ignore[attr-defined]
