@@ -352,18 +352,20 @@ def test_the_recorded_threshold_is_the_library_default(recorded_07):
     assert not Predictor.from_pretrained(recorded_07, precision="32").predict(image).polyp_mask.any()
 
 
-def test_a_recorded_threshold_out_of_range_names_the_config(recorded_07):
+@pytest.mark.parametrize("recorded", [1.5, -0.1, "0.7", True, None])
+def test_a_recorded_threshold_that_is_not_a_fraction_names_the_config(recorded_07, recorded):
+    """config.json is checked when read: a bad recorded threshold is refused, never silently replaced by 0.5."""
     from polypseg.errors import UsageError, WeightsError
     from polypseg.inference import decision_threshold
     from polypseg.weights import resolve
 
-    config = json.loads((recorded_07 / "config.json").read_text())
-    (recorded_07 / "config.json").write_text(json.dumps({**config, "threshold": 1.5}))
-    with pytest.raises(WeightsError, match=r"config\.json: 'threshold' must be a number from 0 to 1, got 1\.5"):
-        decision_threshold(resolve(recorded_07))
-    assert decision_threshold(resolve(recorded_07), 0.4) == 0.4  # an explicit one still wins
+    assert decision_threshold(resolve(recorded_07), 0.4) == 0.4  # an explicit one wins over the recorded 0.7
     with pytest.raises(UsageError, match="threshold must be a number from 0 to 1"):
         decision_threshold(resolve(recorded_07), 2.0)
+    config = json.loads((recorded_07 / "config.json").read_text())
+    (recorded_07 / "config.json").write_text(json.dumps({**config, "threshold": recorded}))
+    with pytest.raises(WeightsError, match=r"config\.json: 'threshold' must be a number from 0 to 1, got "):
+        resolve(recorded_07)
 
 
 def test_predict_and_evaluate_use_the_recorded_threshold(recorded_07, synthetic_dataset, tmp_path):

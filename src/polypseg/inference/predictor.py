@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from polypseg.classes import DEFAULT_THRESHOLD, classes_to_mask, logits_to_classes, polyp_probability
 from polypseg.deploy.backends import Backend, TorchBackend
 from polypseg.deploy.runtime import load_backend
-from polypseg.errors import UsageError, WeightsError
+from polypseg.errors import UsageError
 from polypseg.images import network_input
 from polypseg.metrics import PolypRegion, find_polyps
 from polypseg.model import UNet
@@ -83,8 +83,8 @@ def decision_threshold(weights: Weights, threshold: float | None = None) -> floa
         threshold: A threshold from 0 to 1 that wins over the recorded one; ``None``: the recorded one.
 
     Raises:
-        UsageError: ``threshold`` is not a number from 0 to 1.
-        WeightsError: The recorded threshold is not a number from 0 to 1 (the message names ``config.json``).
+        UsageError: ``threshold`` is not a number from 0 to 1. (A recorded threshold that is not is refused
+            when ``config.json`` is read, as a :class:`~polypseg.errors.WeightsError` naming it.)
 
     Example:
         >>> decision_threshold(resolve(None))  # the bundled (3-class) model records none
@@ -92,10 +92,7 @@ def decision_threshold(weights: Weights, threshold: float | None = None) -> floa
     """
     if threshold is not None:
         return validate_threshold(threshold)
-    recorded = weights.config.threshold
-    if not _is_fraction(recorded):
-        raise WeightsError(f"{weights.config.path}: 'threshold' must be a number from 0 to 1, got {recorded!r}")
-    return recorded
+    return weights.config.threshold  # checked when config.json was read
 
 
 @dataclass

@@ -107,8 +107,7 @@ class WeightsConfig:
     @property
     def threshold(self) -> float:
         """The binary variant's decision threshold recorded by training; 0.5 where not recorded."""
-        value = self.raw.get("threshold", DEFAULT_THRESHOLD)
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else DEFAULT_THRESHOLD
+        return float(self.raw.get("threshold", DEFAULT_THRESHOLD))  # checked when read: a number from 0 to 1
 
     @property
     def base_channels(self) -> int | None:
@@ -171,6 +170,9 @@ def _check_weights_config(config: dict[str, Any], path: Path) -> None:
     for key, allowed in (("decoder_concat", DECODER_CONCATS), ("task", TASKS)):
         if key in config and config[key] not in allowed:
             raise WeightsError(f"{path}: '{key}' must be one of {', '.join(allowed)}, got {config[key]!r}")
+    threshold = config.get("threshold", DEFAULT_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
+        raise WeightsError(f"{path}: 'threshold' must be a number from 0 to 1, got {threshold!r}")
     size = config.get("input_size", [16, 16])
     if not (
         isinstance(size, list) and len(size) == 2 and all(is_int(v, 16, MAX_INPUT_SIZE) and v % 16 == 0 for v in size)
